@@ -116,7 +116,12 @@ class NatsServer:
         if self.store_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="soctalk-nats-")
             self.store_dir = Path(self._tmp.name)
-        args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
+        # max_payload above the 1 MiB default so oversized messages reach the consumer and get a DLQ
+        # reason instead of vanishing at the publisher.
+        conf = self.store_dir / "nats.conf"
+        conf.write_text("max_payload: 8MB\n")
+        args = [nats_server_binary(), "-c", str(conf), "-a", "127.0.0.1", "-p", str(self.port), "-js",
+                "-sd", str(self.store_dir)]
         if self.server_name:
             args += ["-n", self.server_name]
         if self.cluster_name and self.cluster_port:

@@ -1,0 +1,146 @@
+"""The outbox relay: the only publisher of committed events.
+
+What callers can rely on:
+* A committed outbox row reaches JetStream exactly once: it is published with ``Nats-Msg-Id`` = row id,
+  marked only after its PubAck, and a re-publish after a crash is dropped by JetStream's dedupe window.
+* A rolled-back transaction publishes nothing (its rows never become visible).
+* Rows are published in id order, and only once every transaction that began before them has ended
+  (``txid < pg_snapshot_xmin``), so a slower transaction cannot commit an older row behind our back.
+  Per tenant, handlers lock the tenant row first, so id order is commit order.
+* Exactly one relay is active per install: leadership is a Postgres session advisory lock held on the
+  relay's own connection; if that process or connection dies, the lock is released and a standby,
+  retrying every ``standby_poll_s``, takes over (well under 5 s).
+* Latency is not a polling interval: an INSERT trigger NOTIFYs ``soctalk_outbox``; a sweep every
+  ``sweep_s`` is the safety net for lost notifications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+import structlog
+
+from soctalk_common.bus import Bus, publish_batch
+from soctalk_common.errors import Unavailable
+
+log = structlog.get_logger(__name__)
+
+RELAY_LOCK_KEY = 0x50C7A1C0  # arbitrary, stable: "the relay" advisory lock
+FETCH = """
+SELECT id, subject, payload, headers FROM outbox
+WHERE published_at IS NULL AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+ORDER BY id LIMIT $1
+"""
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+@dataclass
+class RelayStats:
+    published: int = 0
+    batches: int = 0
+    leader: bool = False
+    became_leader_at: float | None = None
+    last_lag_ms: list[float] = field(default_factory=list)
+
+
+class OutboxRelay:
+    def __init__(self, database_url: str, bus: Bus, *, name: str = "relay", batch_size: int = 500,
+                 sweep_s: float = 1.0, standby_poll_s: float = 0.5, prune_after_s: float = 3600.0,
+                 on_published: Callable[[list[int]], None] | None = None) -> None:
+        self.dsn = asyncpg_dsn(database_url)
+        self.bus = bus
+        self.name = name
+        self.batch_size = batch_size
+        self.sweep_s = sweep_s
+        self.standby_poll_s = standby_poll_s
+        self.prune_after_s = prune_after_s
+        self.on_published = on_published
+        self.stats = RelayStats()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._conn: asyncpg.Connection | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Campaign for leadership, then relay until stopped. Never raises on transient failures."""
+        while not self._stop.is_set():
+            try:
+                await self._campaign_and_relay()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, Unavailable) as exc:
+                log.warning("relay.interrupted", relay=self.name, error=type(exc).__name__, detail=str(exc)[:200])
+            finally:
+                self.stats.leader = False
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(self._conn.close(), 2)
+                    self._conn = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.standby_poll_s)
+
+    async def _campaign_and_relay(self) -> None:
+        conn = self._conn = await asyncpg.connect(self.dsn, timeout=5)
+        while not self._stop.is_set():
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.standby_poll_s)
+        else:
+            return
+        self.stats.leader = True
+        self.stats.became_leader_at = time.monotonic()
+        log.info("relay.leader", relay=self.name)
+        await conn.add_listener("soctalk_outbox", lambda *_: self._wake.set())
+        last_prune = 0.0
+        while not self._stop.is_set():
+            self._wake.clear()
+            await self._drain(conn)
+            if time.monotonic() - last_prune > 60:
+                await conn.execute(
+                    "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)", self.prune_after_s
+                )
+                last_prune = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.sweep_s)
+
+    async def _drain(self, conn: asyncpg.Connection) -> None:
+        while not self._stop.is_set():
+            rows = await conn.fetch(FETCH, self.batch_size)
+            if not rows:
+                return
+            await publish_batch(
+                self.bus,
+                [(r["subject"], bytes(r["payload"]), str(r["id"]), _headers(r["headers"])) for r in rows],
+            )
+            ids = [r["id"] for r in rows]
+            await self._mark(conn, ids)
+            self.stats.published += len(ids)
+            self.stats.batches += 1
+            if self.on_published:
+                self.on_published(ids)
+
+
+    async def _mark(self, conn: asyncpg.Connection, ids: list[int]) -> None:
+        await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", ids)
+
+
+def _headers(raw: object) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        import json
+
+        raw = json.loads(raw)
+    if not isinstance(raw, dict):  # JSON null
+        return None
+    return {str(k): str(v) for k, v in raw.items()}
