@@ -144,3 +144,27 @@ def _headers(raw: object) -> dict[str, str] | None:
     if not isinstance(raw, dict):  # JSON null
         return None
     return {str(k): str(v) for k, v in raw.items()}
+
+
+async def _main() -> None:
+    """``python -m soctalk_common.relay``: one relay process (run two or more; one leads)."""
+    import os
+    import signal
+
+    from soctalk_common.logging import configure_logging
+    from soctalk_common.settings import Settings
+
+    settings = Settings()
+    configure_logging("relay", level=settings.log_level, json_output=settings.log_json)
+    bus = await Bus.connect(settings.nats_url, name="relay", duplicate_window_s=settings.duplicate_window_s)
+    await bus.ensure_streams()
+    relay = OutboxRelay(settings.database_url, bus, name=f"relay-{os.getpid()}")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, relay.stop)
+    await relay.run()
+    await bus.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())
