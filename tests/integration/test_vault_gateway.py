@@ -139,6 +139,7 @@ async def test_cas_conflict(gw: VaultGateway, mssp: str) -> None:
         ("/abs/path", {"k": "v"}),
         ("a/../b", {"k": "v"}),
         ("trailing/", {"k": "v"}),
+        ("new\nline", {"k": "v"}),
         ("ok/path", {}),
         ("ok/path", {"k": 5}),
     ],

@@ -94,9 +94,15 @@ def test_truncated_and_extended_envelopes_are_detected() -> None:
             unseal(PRIV, bad)
 
 
+def test_trailing_garbage_is_refused() -> None:
+    envelope = seal(PUB, PLAINTEXT)
+    for bad in (envelope + "\n", envelope + "=", envelope + " "):
+        with pytest.raises(UnsealFailed, match="malformed"):
+            unseal(PRIV, bad)
+
+
 def test_version_label_is_authenticated() -> None:
-    # A v1 body relabelled as another version is refused before any crypto, and a v1 body cannot be
-    # replayed under a header it was not sealed with.
+    # A v1 body relabelled as another version is refused before any crypto.
     envelope = seal(PUB, PLAINTEXT)
     with pytest.raises(UnsealFailed, match="unsupported envelope version"):
         unseal(PRIV, envelope.replace("sealed:v1:", "sealed:v2:"))

@@ -98,7 +98,7 @@ def unseal(private_key_b64: str, envelope: str) -> str:
     if not envelope.startswith(_HEADER):
         raise UnsealFailed(f"sealed value uses an unsupported envelope version (expected {_VERSION})")
     body = envelope[len(_HEADER) :]
-    if not _BODY_RE.match(body):
+    if not _BODY_RE.fullmatch(body):
         raise UnsealFailed("sealed value malformed: body is not URL-safe base64")
     try:
         raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))

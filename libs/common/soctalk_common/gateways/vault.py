@@ -403,7 +403,7 @@ def _check_path(path: str, *, what: str = "path") -> str:
     if not isinstance(path, str) or not path or path.startswith("/") or path.endswith("/"):
         raise InvalidObject(f"vault {what} {path!r} must be a non-empty relative path")
     for segment in path.split("/"):
-        if segment in ("", ".", "..") or not _PATH_SEGMENT_RE.match(segment):
+        if segment in ("", ".", "..") or not _PATH_SEGMENT_RE.fullmatch(segment):
             raise InvalidObject(f"vault {what} {path!r} has an invalid segment {segment!r}")
     return path
 
@@ -420,7 +420,7 @@ def _check_data(path: str, data: Mapping[str, str]) -> dict[str, str]:
 
 
 def _check_policy_name(name: str) -> str:
-    if not isinstance(name, str) or not _POLICY_NAME_RE.match(name):
+    if not isinstance(name, str) or not _POLICY_NAME_RE.fullmatch(name):
         raise InvalidObject(f"vault policy name {name!r} is invalid (lowercase, digits, '-', '_', '.')")
     return name
 
@@ -518,6 +518,6 @@ def _hcl(comment: str, rules: list[tuple[str, list[str]]]) -> str:
 
 
 def _check_label(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _LABEL_RE.match(value):
+    if not isinstance(value, str) or not _LABEL_RE.fullmatch(value):
         raise InvalidObject(f"{what} {value!r} must be a DNS label (lowercase letters, digits, '-')")
     return value
