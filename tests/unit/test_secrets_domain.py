@@ -131,20 +131,27 @@ def test_plan_inventory_kubernetes() -> None:
     refs = d.plan_inventory(str(TENANT).upper(), "acme", backend="kubernetes")
     assert len(refs) == sum(len(s.keys) for s in d.INVENTORY) == 17
     assert all(r.backend == "kubernetes" and r.version_label == "v1" for r in refs)
-    assert (
-        d.SecretRef("kubernetes", "tenant-acme", "wazuh-bootstrap", "admin_password", "v1", "wazuh-bootstrap")
-        in refs
+    boot = d.SecretRef(
+        "kubernetes", "tenant-acme", "wazuh-bootstrap", "admin_password", "v1", "wazuh-bootstrap"
     )
-    assert d.SecretRef("kubernetes", "soctalk-system", f"tenant-{TENANT}-llm", "api_key", "v1", "llm") in refs
+    assert boot in refs and boot.location == "tenant-acme" and boot.path is None
+    llm = d.SecretRef("kubernetes", "soctalk-system", f"tenant-{TENANT}-llm", "api_key", "v1", "llm")
+    assert llm in refs
     assert refs == d.plan_inventory(TENANT, "acme", backend="kubernetes")  # deterministic
 
 
 def test_plan_inventory_vault_paths() -> None:
     refs = d.plan_inventory(TENANT, "acme", backend="vault", mssp_id="mssp-abc", version_label="v3")
     by_purpose = {r.purpose: r for r in refs}
-    assert by_purpose["llm"].location == "secret/mssp-abc/tenants/acme/llm"  # seed 000's ESO example
-    assert by_purpose["llm"].name == f"tenant-{TENANT}-llm"
-    assert by_purpose["adapter-token"].location == "secret/mssp-abc/tenants/acme/adapter-token"
+    assert by_purpose["llm"].path == "secret/mssp-abc/tenants/acme/llm"  # seed 000's ESO example
+    assert by_purpose["llm"].location == by_purpose["llm"].path
+    # ESO syncs the llm key into soctalk-system, the adapter token into the tenant namespace.
+    assert (by_purpose["llm"].namespace, by_purpose["llm"].name) == ("soctalk-system", f"tenant-{TENANT}-llm")
+    assert by_purpose["adapter-token"].path == "secret/mssp-abc/tenants/acme/adapter-token"
+    assert (by_purpose["adapter-token"].namespace, by_purpose["adapter-token"].name) == (
+        "tenant-acme",
+        "adapter-token",
+    )
     assert {r.version_label for r in refs} == {"v3"}
     assert d.vault_kv_path("mssp-abc", "acme", "llm") == "mssp-abc/tenants/acme/llm"
 
@@ -184,7 +191,7 @@ def test_plan_inventory_validation(kwargs: dict, field: str) -> None:
 def test_slug_at_the_dns_label_limit() -> None:
     slug = "a" * 56
     refs = d.plan_inventory(TENANT, slug, backend="kubernetes", purposes=["adapter-token"])
-    assert len(refs[0].location) == 63
+    assert len(refs[0].namespace) == 63
 
 
 @pytest.mark.parametrize(("label", "nxt"), [("v1", "v2"), ("v9", "v10"), ("v41", "v42")])
@@ -386,7 +393,10 @@ def test_inactive_states(state: str) -> None:
 
 def test_rotation_overlap_window() -> None:
     old_token, old = _record()
-    new_token, new = d.new_token_record(TENANT, KEY, NOW)
+    new_token, new = d.new_token_record(
+        TENANT, KEY, NOW, version_label=d.next_version_label(old.version_label)
+    )
+    assert (old.version_label, new.version_label) == ("v1", "v2")
     old = d.retire_for_rotation(old, NOW, overlap=timedelta(minutes=10))
     assert old.expires_at == NOW + timedelta(minutes=10)
     inside = NOW + timedelta(minutes=9, seconds=59)

@@ -267,19 +267,25 @@ def rotation_purposes(service: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class SecretRef:
-    """What Postgres records about one key of one Secret — a reference, never material.
+    """What Postgres records about one key of one Secret (``tenant_secrets``) — never material.
 
-    ``location`` is the Kubernetes namespace (backend ``kubernetes``) or the Vault KV path including
-    the mount (backend ``vault``, e.g. ``secret/mssp-abc/tenants/acme/llm``). ``name`` is the
-    Kubernetes Secret that holds (or, through ESO, receives) the value.
+    ``namespace``/``name`` is the Kubernetes Secret that holds the value (backend ``kubernetes``) or
+    that External Secrets Operator syncs it into (backend ``vault``); ``path`` is the Vault KV path
+    including the mount (``secret/mssp-abc/tenants/acme/llm``), set for the vault backend only.
     """
 
     backend: Backend
-    location: str
+    namespace: str
     name: str
     key: str
     version_label: str
     purpose: str
+    path: str | None = None
+
+    @property
+    def location(self) -> str:
+        """Where the material lives: the Vault path for the vault backend, else the namespace."""
+        return self.path if self.path is not None else self.namespace
 
 
 def vault_kv_path(mssp_id: str, slug: str, purpose: str) -> str:
@@ -315,13 +321,13 @@ def plan_inventory(
     for s in INVENTORY:
         if wanted is not None and s.purpose not in wanted:
             continue
+        path = None
         if backend == "vault":
             assert mssp_id is not None
-            location = f"{mount}/{vault_kv_path(mssp_id, slug, s.purpose)}"
-        else:
-            location = s.namespace(slug)
+            path = f"{mount}/{vault_kv_path(mssp_id, slug, s.purpose)}"
         refs.extend(
-            SecretRef(backend, location, s.secret_name(tid), k.key, version_label, s.purpose) for k in s.keys
+            SecretRef(backend, s.namespace(slug), s.secret_name(tid), k.key, version_label, s.purpose, path)
+            for k in s.keys
         )
     return refs
 
@@ -471,6 +477,7 @@ class AdapterTokenRecord:
     token_hash: str
     tenant_id: str
     created_at: datetime
+    version_label: str = INITIAL_VERSION_LABEL
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
 
@@ -488,11 +495,19 @@ class Refuse:
     reason: RefuseReason
 
 
-def new_token_record(tenant_id: uuid.UUID | str, key: bytes, now: datetime) -> tuple[str, AdapterTokenRecord]:
-    """Mint a token for a tenant: ``(token, record)``. Store the record, write the token to the Secret."""
+def new_token_record(
+    tenant_id: uuid.UUID | str, key: bytes, now: datetime, *, version_label: str = INITIAL_VERSION_LABEL
+) -> tuple[str, AdapterTokenRecord]:
+    """Mint a token for a tenant: ``(token, record)``. Store the record, write the token to the Secret.
+
+    On rotation pass ``next_version_label`` of the current record, so the record and the
+    ``adapter-token`` Secret reference carry the same label.
+    """
     _aware(now)
+    _parse_version(version_label)
     token, prefix = mint_adapter_token()
-    return token, AdapterTokenRecord(prefix, hash_token(key, token), _tenant_uuid(tenant_id), now)
+    record = AdapterTokenRecord(prefix, hash_token(key, token), _tenant_uuid(tenant_id), now, version_label)
+    return token, record
 
 
 def retire_for_rotation(
