@@ -151,6 +151,13 @@ async def test_invalid_paths_and_data_are_refused_before_any_call(
         await gw.kv_write(path, data)
 
 
+async def test_invalid_version_and_cas_are_refused(gw: VaultGateway, mssp: str) -> None:
+    with pytest.raises(InvalidObject):
+        await gw.kv_read(f"{mssp}/tenants/acme/llm", version=0)
+    with pytest.raises(InvalidObject):
+        await gw.kv_write(f"{mssp}/tenants/acme/llm", {"api_key": "x"}, cas=-1)
+
+
 # --- auth errors -----------------------------------------------------------------------------------
 
 

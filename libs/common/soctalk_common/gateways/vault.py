@@ -141,6 +141,9 @@ class VaultGateway:
     async def kv_read(self, path: str, version: int | None = None) -> KvSecret | None:
         """The given (default: latest) version, or ``None`` if absent, deleted or destroyed."""
         path = _check_path(path)
+        if version is not None and (not isinstance(version, int) or version < 1):
+            # Vault reads version 0 as "latest"; refuse it rather than answer a different question.
+            raise InvalidObject(f"vault read {self._where(path)}: version must be a positive integer")
 
         def call(c: hvac.Client) -> Any:
             return c.secrets.kv.v2.read_secret_version(
