@@ -68,6 +68,16 @@ class Settings(BaseSettings):
     token_hash_key: str | None = None  # HMAC key for adapter token hashes; from soctalk-adapter-signing-key
     token_overlap_s: float = 3600.0
 
+    # HTTP API (seed 001 `auth` block)
+    api_port: int = 8080
+    heartbeat_http_port: int = 8081
+    auth_mode: str = "internal"  # internal | proxy
+    jwt_signing_key: str | None = None  # internal mode; from the soctalk-jwt-signing-key Secret
+    trusted_header_user: str = "X-Forwarded-User"
+    trusted_header_email: str = "X-Forwarded-Email"
+    trusted_header_groups: str = "X-Forwarded-Groups"
+    trusted_proxy_cidrs: list[str] = ["127.0.0.1/32"]
+
     log_level: str = "INFO"
     log_json: bool = True
     http_port: int = 0  # 0 = pick a free port (tests/dev); the chart sets a fixed one

@@ -1,0 +1,32 @@
+"""``python -m soctalk_api``: the HTTP API process (uvicorn), wired in one place."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+
+from soctalk_api.app import ApiDeps, create_app
+from soctalk_common.bus import Bus
+from soctalk_common.db.session import make_engine, make_sessionmaker
+from soctalk_common.logging import configure_logging
+from soctalk_common.settings import Settings
+
+
+async def main() -> None:
+    settings = Settings()
+    configure_logging("api", level=settings.log_level, json_output=settings.log_json)
+    bus = await Bus.connect(settings.nats_url, name="api")
+    await bus.ensure_streams()
+    engine = make_engine(settings.database_url, pool_size=5)
+    app = create_app(ApiDeps(settings=settings, bus=bus, sessionmaker=make_sessionmaker(engine)))
+    server = uvicorn.Server(uvicorn.Config(app, host="0.0.0.0", port=settings.api_port, log_level="warning"))  # noqa: S104
+    try:
+        await server.serve()
+    finally:
+        await bus.close()
+        await engine.dispose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
