@@ -1,0 +1,355 @@
+"""Helm gateway: charts and releases through the Helm v4 SDK (helm-python-sdk, in process).
+
+What callers can rely on:
+
+* The SDK blocks, so every call runs in a worker thread (``asyncio.to_thread``); the event loop
+  never waits on Helm. Every call is bounded by a timeout (``default_timeout`` unless given):
+  install and upgrade are cancelled through a ``HelmContext`` when it expires; the read-only calls
+  and rollback / uninstall cannot be cancelled inside the SDK, so the caller gets ``Unavailable``
+  on time while the worker thread finishes on its own.
+* Helm errors become the typed errors of ``soctalk_common.errors`` with the release and the cause:
+  ``NotFound``, ``InvalidObject`` (chart / values / render / rejected manifests),
+  ``OperationInProgress`` (a ``pending-*`` release), ``Conflict``, ``Forbidden``, ``Unauthorized``,
+  ``Unavailable`` (cluster unreachable, timeouts), ``HelmFailed`` (anything else, permanent).
+* Writes to one release are serialised inside this process; across processes the per-tenant lease
+  does that (two writers on one release corrupt its history).
+* ``install`` / ``upgrade`` never use Helm's ``--wait``: readiness is watched by ``KubeGateway``.
+  ``uninstall`` is idempotent. ``recover_pending`` turns a release stuck in ``pending-*`` (a crash
+  mid-operation) back into something upgradable.
+* Values are never logged and never put into error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import helm_python as hp
+
+from soctalk_common.errors import (
+    Conflict,
+    Forbidden,
+    GatewayError,
+    InvalidObject,
+    NotFound,
+    OperationInProgress,
+    PermanentError,
+    Unauthorized,
+    Unavailable,
+)
+
+T = TypeVar("T")
+_AT = re.compile(r"^- at '(?P<pointer>[^']*)': (?P<message>.*)$")
+_DEPLOYED = ("deployed", "superseded")
+_SEVERITY = {1: "INFO", 2: "WARNING", 3: "ERROR"}
+
+
+class HelmFailed(GatewayError, PermanentError):
+    """A Helm action failed for a reason none of the other errors describe."""
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    name: str
+    namespace: str
+    revision: int
+    status: str
+    chart_version: str
+    app_version: str
+    updated: str | None
+    chart_name: str = ""
+    modified_at: float | None = None  # epoch seconds of the last write to this revision's record
+
+    @classmethod
+    def from_summary(cls, summary: dict) -> ReleaseInfo:
+        labels = summary.get("labels") or {}
+        modified = labels.get("modifiedAt")
+        return cls(
+            name=summary.get("name", ""), namespace=summary.get("namespace", ""),
+            revision=int(summary.get("revision") or 0), status=summary.get("status", "unknown"),
+            chart_version=summary.get("chart_version", ""), app_version=summary.get("app_version", ""),
+            updated=summary.get("deployed_at") or None, chart_name=summary.get("chart_name", ""),
+            modified_at=float(modified) if modified and modified.isdigit() else None,
+        )
+
+
+def _pointer_to_path(pointer: str, prefix: str) -> str:
+    path = "$" + (f".{prefix}" if prefix else "")
+    for token in [t for t in pointer.split("/") if t]:
+        token = token.replace("~1", "/").replace("~0", "~")
+        path += f"[{token}]" if token.isdigit() else f".{token}"
+    return path
+
+
+def parse_schema_errors(message: str, root_chart: str) -> list[tuple[str, str]]:
+    """Turn Helm's schema report (``<chart>:`` headers, ``- at '/ptr': msg`` lines) into pairs.
+
+    Errors of a subchart are reported under its values key: ``$.wazuh.replicas``.
+    """
+    errors, chart = [], root_chart
+    for line in message.splitlines():
+        line = line.strip()
+        match = _AT.match(line)
+        if match:
+            prefix = "" if chart == root_chart else chart
+            errors.append((_pointer_to_path(match["pointer"], prefix), match["message"]))
+        elif line.endswith(":") and " " not in line:
+            chart = line[:-1]
+    return errors or [("$", message.strip() or "values do not match the chart's schema")]
+
+
+def _classify(exc: hp.HelmError, what: str) -> GatewayError:
+    detail = (exc.detail or str(exc)).strip().replace("\n", "; ")[:600]
+    text = detail.lower()
+    message = f"{what}: {detail}"
+    if isinstance(exc, hp.HelmNotFoundError) or "release: not found" in text:
+        return NotFound(message)
+    if isinstance(exc, (hp.HelmChartLoadError, hp.HelmChartInvalidError, hp.HelmValuesError,
+                        hp.HelmRenderError)):
+        return InvalidObject(message)
+    if isinstance(exc, hp.HelmCancelledError):
+        return Unavailable(f"{what}: cancelled after its timeout", delay=10.0)
+    if "another operation" in text and "in progress" in text:
+        return OperationInProgress(message, delay=10.0)
+    if "unauthorized" in text or "must be logged in" in text:
+        return Unauthorized(message)
+    if "forbidden" in text:
+        return Forbidden(message)
+    if any(s in text for s in ("connection refused", "no such host", "i/o timeout", "deadline exceeded",
+                               "timed out", "tls handshake", "eof", "service unavailable",
+                               "too many requests", "internal error", "kubernetes cluster unreachable")):
+        return Unavailable(message, delay=5.0)
+    if "still in use" in text or "conflict" in text or "already exists" in text:
+        return Conflict(message, delay=5.0)
+    if "has no deployed releases" in text:
+        return Conflict(message, delay=5.0)
+    if "invalid" in text or "unable to build kubernetes objects" in text:
+        return InvalidObject(message)
+    if isinstance(exc, (hp.HelmKubeError, hp.HelmStorageError)):
+        return Unavailable(message, delay=5.0)
+    return HelmFailed(message)
+
+
+class HelmGateway:
+    def __init__(self, kubeconfig: str | None, *, default_timeout: float = 300,
+                 context: str | None = None) -> None:
+        """``kubeconfig=None`` uses ``$KUBECONFIG``, ``~/.kube/config`` or the in-cluster account."""
+        self._kubeconfig = os.path.expanduser(kubeconfig) if kubeconfig else None
+        self._context = context
+        self.default_timeout = default_timeout
+        self._configs: dict[str, hp.Config] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def close(self) -> None:
+        for cfg in self._configs.values():
+            cfg.close()
+        self._configs.clear()
+
+    def _config(self, namespace: str) -> hp.Config:
+        """One SDK config per release namespace (it is where release records live); thread-safe."""
+        cfg = self._configs.get(namespace)
+        if cfg is None:
+            cfg = hp.Config(kubeconfig_path=self._kubeconfig, kube_context=self._context,
+                            namespace=namespace)
+            cfg = self._configs.setdefault(namespace, cfg)
+        return cfg
+
+    def _lock(self, release: str, namespace: str) -> asyncio.Lock:
+        return self._locks.setdefault((namespace, release), asyncio.Lock())
+
+    async def _run(self, what: str, fn: Callable[[hp.HelmContext | None], T],
+                   timeout: float | None, *, cancellable: bool = False) -> T:  # noqa: ASYNC109
+        timeout = self.default_timeout if timeout is None else timeout
+        ctx = hp.HelmContext() if cancellable else None
+
+        def call() -> T:
+            try:
+                return fn(ctx)
+            except hp.HelmError as exc:
+                raise _classify(exc, what) from exc
+
+        task = asyncio.ensure_future(asyncio.to_thread(call))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if ctx is not None:
+                ctx.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(asyncio.shield(task), 10)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise Unavailable(f"{what}: no result within {timeout:g}s", delay=10.0) from exc
+        finally:
+            if ctx is not None and task.done():
+                ctx.close()
+
+    # --- offline --------------------------------------------------------------------------------
+
+    async def render(self, chart_path: str, values: dict, *, release: str, namespace: str) -> str:
+        """The manifests ``helm template`` would print (offline; ``lookup`` finds nothing)."""
+
+        def render(_: Any) -> str:
+            with hp.Chart.load(chart_path) as chart:
+                rendered = chart.render(values, name=release, namespace=namespace, is_install=True)
+            docs = [f"---\n# Source: {path}\n{body.strip()}\n" for path, body in sorted(rendered.items())
+                    if body.strip() and not path.endswith("NOTES.txt")]
+            return "".join(docs)
+
+        return await self._run(f"render of chart {chart_path} for {namespace}/{release}", render, None)
+
+    async def lint(self, chart_path: str, values: dict | None = None) -> list[str]:
+        """Warnings and errors as ``"[SEVERITY] path: message"``; empty when the chart is clean."""
+
+        def lint(_: Any) -> list[str]:
+            report = hp.lint(chart_path, values)
+            found = []
+            for msg in report.get("messages") or []:
+                if msg.get("severity", 0) >= 2:
+                    text = " ".join(str(msg.get("error", "")).split())
+                    line = f"[{_SEVERITY.get(msg['severity'], 'ERROR')}] {msg.get('path', '')}: {text}"
+                    if line not in found:
+                        found.append(line)
+            return found
+
+        return await self._run(f"lint of chart {chart_path}", lint, None)
+
+    async def validate_values(self, chart_path: str, values: dict) -> list[tuple[str, str]]:
+        """Check values (merged with the chart defaults) against the chart's and subcharts' schemas.
+
+        Returns ``(json_path, message)`` pairs such as ``("$.replicas", "got string, want integer")``;
+        an empty list means valid.
+        """
+
+        def validate(_: Any) -> list[tuple[str, str]]:
+            with hp.Chart.load(chart_path) as chart:
+                try:
+                    chart.validate_schema(values)
+                except hp.HelmValuesError as exc:
+                    return parse_schema_errors(exc.detail or str(exc), chart.name)
+            return []
+
+        return await self._run(f"values validation for chart {chart_path}", validate, None)
+
+    # --- releases -------------------------------------------------------------------------------
+
+    async def install(self, release: str, chart_path: str, namespace: str, values: dict, *,
+                      timeout: float | None = None) -> ReleaseInfo:  # noqa: ASYNC109
+        """Install (no ``--wait``). ``Conflict`` if the name is in use; the namespace must exist."""
+        what = f"helm install of release {namespace}/{release}"
+        seconds = int(timeout or self.default_timeout)
+
+        def install(ctx: hp.HelmContext | None) -> ReleaseInfo:
+            summary = self._config(namespace).install(chart_path, release, values, context=ctx,
+                                                      namespace=namespace, timeout=seconds)
+            return ReleaseInfo.from_summary(summary)
+
+        async with self._lock(release, namespace):
+            return await self._run(what, install, timeout, cancellable=True)
+
+    async def upgrade(self, release: str, chart_path: str, namespace: str, values: dict, *,
+                      timeout: float | None = None) -> ReleaseInfo:  # noqa: ASYNC109
+        """Upgrade to ``values`` exactly (``--reset-values``; no ``--wait``)."""
+        what = f"helm upgrade of release {namespace}/{release}"
+        seconds = int(timeout or self.default_timeout)
+
+        def upgrade(ctx: hp.HelmContext | None) -> ReleaseInfo:
+            summary = self._config(namespace).upgrade(chart_path, release, values, context=ctx,
+                                                      namespace=namespace, timeout=seconds,
+                                                      reset_values=True, max_history=20)
+            return ReleaseInfo.from_summary(summary)
+
+        async with self._lock(release, namespace):
+            return await self._run(what, upgrade, timeout, cancellable=True)
+
+    async def rollback(self, release: str, namespace: str, revision: int | None = None) -> ReleaseInfo:
+        """Roll back to ``revision`` (default: the previous one); returns the new revision."""
+        what = f"helm rollback of release {namespace}/{release}"
+        what += f" to revision {revision}" if revision else ""
+
+        def rollback(_: Any) -> ReleaseInfo:
+            cfg = self._config(namespace)
+            cfg.rollback(release, version=revision, timeout=int(self.default_timeout))
+            return ReleaseInfo.from_summary(cfg.status(release))
+
+        async with self._lock(release, namespace):
+            return await self._run(what, rollback, None)
+
+    async def uninstall(self, release: str, namespace: str, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Remove the release and its history; nothing to do if it does not exist."""
+        what = f"helm uninstall of release {namespace}/{release}"
+        seconds = int(timeout or self.default_timeout)
+
+        def uninstall(_: Any) -> None:
+            self._config(namespace).uninstall(release, ignore_not_found=True, timeout=seconds)
+
+        async with self._lock(release, namespace):
+            await self._run(what, uninstall, timeout)
+
+    async def status(self, release: str, namespace: str) -> ReleaseInfo | None:
+        def status(_: Any) -> ReleaseInfo:
+            return ReleaseInfo.from_summary(self._config(namespace).status(release))
+
+        try:
+            return await self._run(f"helm status of release {namespace}/{release}", status, None)
+        except NotFound:
+            return None
+
+    async def history(self, release: str, namespace: str) -> list[ReleaseInfo]:
+        """All stored revisions, oldest first; empty if the release does not exist."""
+
+        def history(_: Any) -> list[ReleaseInfo]:
+            entries = [ReleaseInfo.from_summary(s) for s in self._config(namespace).history(release)]
+            return sorted(entries, key=lambda r: r.revision)
+
+        try:
+            return await self._run(f"helm history of release {namespace}/{release}", history, None)
+        except NotFound:
+            return []
+
+    async def manifest(self, release: str, namespace: str, revision: int | None = None) -> str:
+        def manifest(_: Any) -> str:
+            return str(self._config(namespace).status(release, revision=revision).get("manifest") or "")
+
+        return await self._run(f"helm manifest of release {namespace}/{release}", manifest, None)
+
+    async def values(self, release: str, namespace: str, revision: int | None = None) -> dict:
+        """The user-supplied values of the release (or of one revision)."""
+
+        def values(_: Any) -> dict:
+            return dict(self._config(namespace).get_values(release, revision=revision) or {})
+
+        return await self._run(f"helm values of release {namespace}/{release}", values, None)
+
+    async def recover_pending(self, release: str, namespace: str, *, min_age: float = 0.0) -> str | None:
+        """Unstick a release whose last revision is ``pending-*``; returns what was done, or None.
+
+        The caller must hold the tenant's lease (so no live operation owns the release); ``min_age``
+        additionally skips revisions written less than that many seconds ago.
+
+        * ``pending-install`` with no earlier deployed revision: uninstall the release.
+        * ``pending-upgrade`` / ``pending-rollback`` (or a pending-install over an older deployed
+          revision): roll back to the last deployed revision.
+        """
+        history = await self.history(release, namespace)
+        if not history or not history[-1].status.startswith("pending-"):
+            return None
+        last = history[-1]
+        if min_age and last.modified_at is not None and time.time() - last.modified_at < min_age:
+            return None
+        good = [r for r in history[:-1] if r.status in _DEPLOYED]
+        if not good:
+            older = [r for r in history[:-1] if not r.status.startswith("pending-")]
+            if last.status != "pending-install" and older:
+                await self.rollback(release, namespace, older[-1].revision)
+                return f"rolled back {last.status} revision {last.revision} to revision {older[-1].revision}"
+            await self.uninstall(release, namespace)
+            return f"uninstalled release stuck in {last.status} at revision {last.revision}"
+        target = good[-1].revision
+        await self.rollback(release, namespace, target)
+        return f"rolled back {last.status} revision {last.revision} to revision {target}"
