@@ -62,6 +62,14 @@ _PATCH_TYPES = {
     "application/apply-patch+yaml": "apply",
     "application/apply-patch+json": "apply",
 }
+_MESSAGES = {401: "Unauthorized",
+             403: 'forbidden: User "system:anonymous" cannot access {path} (injected fault)',
+             404: "the server could not find the requested resource (injected fault)",
+             409: "the object has been modified; please apply your changes to the latest version "
+                  "and try again (injected fault)",
+             429: "Too many requests, please try again later. (injected fault)",
+             500: "Internal error occurred: injected fault",
+             503: "service unavailable: injected fault"}
 _OPENAPI_V2_PB = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
 VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.0-kubesim", "gitCommit": "kubesim",
            "gitTreeState": "clean", "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.24",
@@ -81,8 +89,13 @@ class Fault:
     method: str | None = None
     times: int | None = None
     delay: float = 0.0
-    message: str = "injected fault"
+    message: str | None = None  # default: what a real API server says for that status
     hits: int = 0
+
+    def error(self) -> ApiError:
+        reason = _REASONS.get(self.status, "Unknown")
+        message = self.message or _MESSAGES.get(self.status, "injected fault").format(path=self.path)
+        return ApiError(self.status, reason, message)
 
 
 class KubeEmulator:
@@ -112,7 +125,7 @@ class KubeEmulator:
         self._store = Store(self.kinds, schedule=self._loop.call_soon)
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -201,7 +214,7 @@ class KubeEmulator:
     # --- test controls (safe from any thread) --------------------------------------------------
 
     def inject_fault(self, path: str, status: int = 500, *, method: str | None = None,
-                     times: int | None = None, delay: float = 0.0, message: str = "injected fault") -> Fault:
+                     times: int | None = None, delay: float = 0.0, message: str | None = None) -> Fault:
         fault = Fault(path, status, method.upper() if method else None, times, delay, message)
         with self._faults_lock:
             self._faults.append(fault)
@@ -240,7 +253,7 @@ class KubeEmulator:
             if fault.delay:
                 await asyncio.sleep(fault.delay)
             if fault.status:
-                error = ApiError(fault.status, _REASONS.get(fault.status, "Unknown"), fault.message)
+                error = fault.error()
                 return _json(error.status(), error.code)
         try:
             return await self._serve(request, path)

@@ -4,15 +4,17 @@ What callers can rely on:
 
 * The SDK blocks, so every call runs in a worker thread (``asyncio.to_thread``); the event loop
   never waits on Helm. Every call is bounded by a timeout (``default_timeout`` unless given):
-  install and upgrade are cancelled through a ``HelmContext`` when it expires; the read-only calls
-  and rollback / uninstall cannot be cancelled inside the SDK, so the caller gets ``Unavailable``
-  on time while the worker thread finishes on its own.
+  the caller gets ``Unavailable`` on time while the worker thread finishes on its own (install and
+  upgrade are also cancelled through a ``HelmContext``, which the SDK honours between steps).
 * Helm errors become the typed errors of ``soctalk_common.errors`` with the release and the cause:
   ``NotFound``, ``InvalidObject`` (chart / values / render / rejected manifests),
   ``OperationInProgress`` (a ``pending-*`` release), ``Conflict``, ``Forbidden``, ``Unauthorized``,
-  ``Unavailable`` (cluster unreachable, timeouts), ``HelmFailed`` (anything else, permanent).
-* Writes to one release are serialised inside this process; across processes the per-tenant lease
-  does that (two writers on one release corrupt its history).
+  ``Unavailable`` (cluster unreachable, timeouts), ``ConfigurationError`` (no usable kubeconfig),
+  ``HelmFailed`` (anything else, permanent).
+* Writes to one release are serialised inside this process, including a write whose caller already
+  timed out (the release stays locked until the abandoned worker returns; a later write that cannot
+  get the lock in time raises ``OperationInProgress``). Across processes the per-tenant lease does
+  that (two writers on one release corrupt its history).
 * ``install`` / ``upgrade`` never use Helm's ``--wait``: readiness is watched by ``KubeGateway``.
   ``uninstall`` is idempotent. ``recover_pending`` turns a release stuck in ``pending-*`` (a crash
   mid-operation) back into something upgradable.
@@ -43,6 +45,7 @@ from soctalk_common.errors import (
     Unauthorized,
     Unavailable,
 )
+from soctalk_common.gateways import ConfigurationError
 
 T = TypeVar("T")
 _AT = re.compile(r"^- at '(?P<pointer>[^']*)': (?P<message>.*)$")
@@ -110,11 +113,16 @@ def _classify(exc: hp.HelmError, what: str) -> GatewayError:
     message = f"{what}: {detail}"
     if isinstance(exc, hp.HelmNotFoundError) or "release: not found" in text:
         return NotFound(message)
+    if '" not found' in text:  # e.g. namespaces "tenant-x" not found
+        return NotFound(message)
     if isinstance(exc, (hp.HelmChartLoadError, hp.HelmChartInvalidError, hp.HelmValuesError,
                         hp.HelmRenderError)):
         return InvalidObject(message)
     if isinstance(exc, hp.HelmCancelledError):
         return Unavailable(f"{what}: cancelled after its timeout", delay=10.0)
+    if any(s in text for s in ("no such file or directory", "error loading config file",
+                               "invalid configuration", "context was not found")):
+        return ConfigurationError(message)
     if "another operation" in text and "in progress" in text:
         return OperationInProgress(message, delay=10.0)
     if "unauthorized" in text or "must be logged in" in text:
@@ -129,7 +137,8 @@ def _classify(exc: hp.HelmError, what: str) -> GatewayError:
         return Conflict(message, delay=5.0)
     if "has no deployed releases" in text:
         return Conflict(message, delay=5.0)
-    if "invalid" in text or "unable to build kubernetes objects" in text:
+    if any(s in text for s in ("invalid", "unable to build kubernetes objects", "parse error",
+                               "specifications of the schema", "template:", "yaml:")):
         return InvalidObject(message)
     if isinstance(exc, (hp.HelmKubeError, hp.HelmStorageError)):
         return Unavailable(message, delay=5.0)
@@ -160,12 +169,25 @@ class HelmGateway:
             cfg = self._configs.setdefault(namespace, cfg)
         return cfg
 
-    def _lock(self, release: str, namespace: str) -> asyncio.Lock:
-        return self._locks.setdefault((namespace, release), asyncio.Lock())
-
     async def _run(self, what: str, fn: Callable[[hp.HelmContext | None], T],
-                   timeout: float | None, *, cancellable: bool = False) -> T:  # noqa: ASYNC109
+                   timeout: float | None, *, cancellable: bool = False,  # noqa: ASYNC109
+                   release: tuple[str, str] | None = None) -> T:
+        """Run ``fn`` in a worker thread; raise ``Unavailable`` once ``timeout`` has passed.
+
+        With ``release`` (namespace, name) the call holds that release's lock from start until the
+        worker thread has really finished, even when the caller already got its timeout error, so a
+        later write to the same release never overlaps an abandoned one.
+        """
         timeout = self.default_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        guard = self._locks.setdefault(release, asyncio.Lock()) if release else None
+        if guard is not None:
+            try:
+                await asyncio.wait_for(guard.acquire(), timeout)
+            except TimeoutError as exc:
+                raise OperationInProgress(f"{what}: an earlier operation on this release is still "
+                                          "running in this process", delay=10.0) from exc
         ctx = hp.HelmContext() if cancellable else None
 
         def call() -> T:
@@ -174,20 +196,33 @@ class HelmGateway:
             except hp.HelmError as exc:
                 raise _classify(exc, what) from exc
 
-        task = asyncio.ensure_future(asyncio.to_thread(call))
+        def finished(task: asyncio.Future) -> None:
+            if not task.cancelled():
+                task.exception()  # retrieved: an abandoned call's error is not "never retrieved"
+            if ctx is not None:
+                ctx.close()
+            if guard is not None:
+                guard.release()
+
         try:
-            return await asyncio.wait_for(asyncio.shield(task), timeout)
-        except (TimeoutError, asyncio.CancelledError) as exc:
+            task = asyncio.ensure_future(asyncio.to_thread(call))
+        except BaseException:
+            if guard is not None:
+                guard.release()
+            raise
+        task.add_done_callback(finished)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), max(deadline - loop.time(), 0.0))
+        except TimeoutError as exc:
+            if ctx is not None:
+                ctx.cancel()  # best effort: the SDK checks it between steps, not mid-request
+            raise Unavailable(f"{what}: no result within {timeout:g}s (the Helm call may still finish "
+                              "in the background; the release stays locked until it does)",
+                              delay=10.0) from exc
+        except asyncio.CancelledError:
             if ctx is not None:
                 ctx.cancel()
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(asyncio.shield(task), 10)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise Unavailable(f"{what}: no result within {timeout:g}s", delay=10.0) from exc
-        finally:
-            if ctx is not None and task.done():
-                ctx.close()
+            raise
 
     # --- offline --------------------------------------------------------------------------------
 
@@ -249,8 +284,7 @@ class HelmGateway:
                                                       namespace=namespace, timeout=seconds)
             return ReleaseInfo.from_summary(summary)
 
-        async with self._lock(release, namespace):
-            return await self._run(what, install, timeout, cancellable=True)
+        return await self._run(what, install, timeout, cancellable=True, release=(namespace, release))
 
     async def upgrade(self, release: str, chart_path: str, namespace: str, values: dict, *,
                       timeout: float | None = None) -> ReleaseInfo:  # noqa: ASYNC109
@@ -259,13 +293,22 @@ class HelmGateway:
         seconds = int(timeout or self.default_timeout)
 
         def upgrade(ctx: hp.HelmContext | None) -> ReleaseInfo:
-            summary = self._config(namespace).upgrade(chart_path, release, values, context=ctx,
-                                                      namespace=namespace, timeout=seconds,
-                                                      reset_values=True, max_history=20)
+            cfg = self._config(namespace)
+            try:
+                summary = cfg.upgrade(chart_path, release, values, context=ctx, namespace=namespace,
+                                      timeout=seconds, reset_values=True, max_history=20)
+            except hp.HelmError as exc:
+                # The SDK says "has no deployed releases" both for a missing release and for one
+                # whose revisions all failed; tell them apart.
+                if "has no deployed releases" in str(exc):
+                    try:
+                        cfg.history(release)
+                    except hp.HelmNotFoundError:
+                        raise NotFound(f"{what}: release does not exist") from exc
+                raise
             return ReleaseInfo.from_summary(summary)
 
-        async with self._lock(release, namespace):
-            return await self._run(what, upgrade, timeout, cancellable=True)
+        return await self._run(what, upgrade, timeout, cancellable=True, release=(namespace, release))
 
     async def rollback(self, release: str, namespace: str, revision: int | None = None) -> ReleaseInfo:
         """Roll back to ``revision`` (default: the previous one); returns the new revision."""
@@ -277,8 +320,7 @@ class HelmGateway:
             cfg.rollback(release, version=revision, timeout=int(self.default_timeout))
             return ReleaseInfo.from_summary(cfg.status(release))
 
-        async with self._lock(release, namespace):
-            return await self._run(what, rollback, None)
+        return await self._run(what, rollback, None, release=(namespace, release))
 
     async def uninstall(self, release: str, namespace: str, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Remove the release and its history; nothing to do if it does not exist."""
@@ -286,10 +328,11 @@ class HelmGateway:
         seconds = int(timeout or self.default_timeout)
 
         def uninstall(_: Any) -> None:
-            self._config(namespace).uninstall(release, ignore_not_found=True, timeout=seconds)
+            # Not ignore_not_found: the SDK then also swallows failures to *read* the release.
+            with contextlib.suppress(hp.HelmNotFoundError):
+                self._config(namespace).uninstall(release, timeout=seconds)
 
-        async with self._lock(release, namespace):
-            await self._run(what, uninstall, timeout)
+        await self._run(what, uninstall, timeout, release=(namespace, release))
 
     async def status(self, release: str, namespace: str) -> ReleaseInfo | None:
         def status(_: Any) -> ReleaseInfo:

@@ -41,10 +41,13 @@ from soctalk_common.errors import (
     GatewayError,
     InvalidObject,
     NotFound,
-    PermanentError,
     Unauthorized,
     Unavailable,
 )
+from soctalk_common.gateways import ConfigurationError
+
+__all__ = ["ConfigurationError", "KubeGateway", "ReadinessReport", "SecretRecord", "WorkloadStatus",
+           "build_report", "workload_status"]
 
 VERSION_LABEL_ANNOTATION = "soctalk.io/version-label"
 RESTARTED_AT_ANNOTATION = "kubectl.kubernetes.io/restartedAt"
@@ -55,10 +58,6 @@ _STRATEGIC = "application/strategic-merge-patch+json"
 _APPLY = "application/apply-patch+yaml"
 _POD_FAILURES = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
                  "InvalidImageName", "CreateContainerError", "RunContainerError"}
-
-
-class ConfigurationError(GatewayError, PermanentError):
-    """No usable kubeconfig / in-cluster configuration."""
 
 
 class _Expired(Exception):
