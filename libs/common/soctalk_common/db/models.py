@@ -232,3 +232,31 @@ class SystemKey(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     public_key: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = _ts(default_now=True)
+
+
+class HeartbeatState(Base):
+    """Owned by the heartbeat service: activation facts and adapter liveness, one row per tenant.
+
+    ``activated_event_id`` is claimed with a conditional UPDATE (exactly one TenantActivated);
+    ``degraded`` flips only together with its outbox row; ``last_seen``/``last_health`` are refreshed
+    in batches and may lag by one flush interval.
+    """
+
+    __tablename__ = "heartbeat_state"
+    __table_args__ = (
+        Index("ix_heartbeat_state_live", "last_seen",
+              postgresql_where=text("activated_event_id IS NOT NULL AND NOT degraded")),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    chart_applied_at: Mapped[datetime | None] = _ts(nullable=True)
+    chart_correlation_id: Mapped[uuid.UUID | None]
+    first_heartbeat_at: Mapped[datetime | None] = _ts(nullable=True)
+    activated_event_id: Mapped[uuid.UUID | None]
+    activated_at: Mapped[datetime | None] = _ts(nullable=True)
+    degraded: Mapped[bool] = mapped_column(server_default=text("false"))
+    degraded_at: Mapped[datetime | None] = _ts(nullable=True)
+    last_seen: Mapped[datetime | None] = _ts(nullable=True)
+    last_health: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # {component: status} as last recorded transactionally: the baseline for ComponentDegraded.
+    components: Mapped[dict[str, Any] | None] = mapped_column(JSONB)

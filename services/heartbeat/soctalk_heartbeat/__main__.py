@@ -1,0 +1,34 @@
+"""``python -m soctalk_heartbeat``: connect, bootstrap, run until SIGTERM/SIGINT (graceful drain)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from soctalk_common.bus import Bus
+from soctalk_common.db.session import make_engine, make_sessionmaker
+from soctalk_common.logging import configure_logging
+from soctalk_common.settings import Settings
+from soctalk_common.uow import UnitOfWorkFactory
+from soctalk_heartbeat.bootstrap import SERVICE, bootstrap
+
+
+async def main() -> None:
+    settings = Settings()
+    configure_logging(SERVICE, level=settings.log_level, json_output=settings.log_json)
+    bus = await Bus.connect(settings.nats_url, name=f"soctalk-{SERVICE}",
+                            duplicate_window_s=settings.duplicate_window_s)
+    engine = make_engine(settings.database_url)
+    try:
+        await bus.ensure_streams()
+        process = bootstrap(settings, uow=UnitOfWorkFactory(make_sessionmaker(engine)), bus=bus,
+                            # adapters reach the HTTP fallback from their namespaces
+                            http_host=os.environ.get("SOCTALK_HTTP_HOST", "0.0.0.0"))  # noqa: S104
+        await process.run(install_signals=True)
+    finally:
+        await bus.close()
+        await engine.dispose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

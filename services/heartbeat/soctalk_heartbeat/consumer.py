@@ -1,0 +1,134 @@
+"""The heartbeat consumer: a durable JetStream pull consumer on ``SOCTALK_ADAPTER``, in big batches.
+
+Why not the generic ``ServiceRuntime``: it records an inbox row per message, which is one Postgres
+transaction per heartbeat — thousands of tenants × one every 30 s. Heartbeats are idempotent by
+nature (seeing the same one twice changes nothing: every decision is a conditional UPDATE), so this
+loop skips the inbox and pays Postgres only for decisions:
+
+* one ``fetch`` of up to ``batch`` messages (returns as soon as any are available);
+* one cache check for the whole batch (:meth:`Intake.verify`: no query when every prefix is cached);
+* the newest heartbeat per tenant is buffered (``last_seen``, flushed in one statement every
+  ``heartbeat_flush_s``) or, when it may change a decision, recorded in a per-tenant transaction;
+* then the whole batch is settled in one burst: ``ack`` (done), ``term`` (refused or malformed — never
+  redelivered, never stops the loop) or ``nak(delay)`` (its tenant's transaction failed, or the token
+  cache could not be refreshed). Acks are fire-and-forget publishes pipelined on the connection.
+
+Several replicas bind the same durable consumer and share the stream. Delivery is at least once; a
+lost ``last_seen`` refresh is healed by the next heartbeat 30 s later. A message that waited in the
+stream longer than the liveness window (e.g. a backlog after an outage) is acked and ignored: it
+proves nothing about the adapter now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from soctalk_common.bus import ADAPTER_STREAM, Bus
+from soctalk_heartbeat import domain
+from soctalk_heartbeat.intake import Incoming, Intake, Verdict
+
+log = structlog.get_logger(__name__)
+
+SUBJECT = "soctalk.adapter.*.heartbeat"
+DURABLE = "heartbeat--AdapterHeartbeat"
+
+
+class HeartbeatConsumer:
+    def __init__(self, bus: Bus, intake: Intake, *, durable: str = DURABLE, batch: int = 500,
+                 fetch_timeout_s: float = 1.0, ack_wait_s: float = 30.0, max_deliver: int = 5,
+                 max_ack_pending: int = 50_000, retry_delay_s: float = 2.0,
+                 error_backoff_s: float = 1.0) -> None:
+        self.bus = bus
+        self.intake = intake
+        self.durable = durable
+        self.batch = batch
+        self.fetch_timeout_s = fetch_timeout_s
+        self.ack_wait_s = ack_wait_s
+        self.max_deliver = max_deliver
+        self.max_ack_pending = max_ack_pending
+        self.retry_delay_s = retry_delay_s
+        self.error_backoff_s = error_backoff_s
+        self._sub: Any = None
+        self.settled = {"ack": 0, "term": 0, "nak": 0}
+
+    async def _subscription(self) -> Any:
+        if self._sub is None:
+            try:
+                await self.bus.js.add_consumer(
+                    ADAPTER_STREAM, name=self.durable, durable_name=self.durable, filter_subject=SUBJECT,
+                    ack_policy="explicit", deliver_policy="all", ack_wait=self.ack_wait_s,
+                    max_deliver=self.max_deliver, max_ack_pending=self.max_ack_pending,
+                )
+            except Exception as exc:  # noqa: BLE001 - exists with another config: bind to it anyway
+                log.info("heartbeat.consumer_exists", detail=str(exc)[:200])
+            self._sub = await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=ADAPTER_STREAM)
+        return self._sub
+
+    async def pull_once(self) -> int:
+        """Fetch and settle one batch; returns how many messages it handled. Never raises."""
+        try:
+            sub = await self._subscription()
+            try:
+                msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout_s)
+            except TimeoutError:
+                return 0
+            await self.handle(msgs)
+            return len(msgs)
+        except Exception as exc:  # noqa: BLE001 - bus hiccup: back off, then the next tick retries
+            log.warning("heartbeat.pull_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            await asyncio.sleep(self.error_backoff_s)
+            return 0
+
+    async def handle(self, msgs: list[Any]) -> None:
+        self.intake.deps.metrics.batch.observe(len(msgs))
+        items = [_incoming(m) for m in msgs]
+        try:
+            verdicts = await self.intake.verify(items)
+        except Exception as exc:  # noqa: BLE001 - cannot verify now (Postgres): all retried later
+            log.warning("heartbeat.verify_unavailable", error=type(exc).__name__, detail=str(exc)[:200])
+            for m in msgs:
+                await self._settle(m, "nak")
+            return
+        failed = await self.intake.apply(verdicts)
+        for m, v in zip(msgs, verdicts, strict=True):
+            await self._settle(m, _action(v, failed))
+
+    async def _settle(self, msg: Any, action: str) -> None:
+        with contextlib.suppress(Exception):  # a lost ack means one redelivery, which is harmless
+            if action == "ack":
+                await msg.ack()
+            elif action == "term":
+                await msg.term()
+            else:
+                await msg.nak(delay=self.retry_delay_s)
+            self.settled[action] += 1
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+
+def _action(v: Verdict, failed: set[Any]) -> str:
+    if v.reason is not None:
+        return "term"
+    if v.heartbeat is not None and v.heartbeat.tenant_id in failed:
+        return "nak"
+    return "ack"
+
+
+def _incoming(msg: Any) -> Incoming:
+    headers = msg.headers or {}
+    auth = next((v for k, v in headers.items() if k.lower() == "authorization"), None)
+    tenant = domain.subject_tenant(msg.subject) or ""
+    age = 0.0
+    with contextlib.suppress(Exception):
+        # Server-side publish time against our wall clock: both in the same clock domain.
+        age = max(0.0, (datetime.now(UTC) - msg.metadata.timestamp).total_seconds())
+    return Incoming(tenant=tenant, authorization=auth, body=msg.data or b"", age_s=age, transport="nats")

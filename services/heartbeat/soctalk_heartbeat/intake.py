@@ -1,0 +1,145 @@
+"""One path for every heartbeat, whether it came over JetStream or HTTP: verify, then route.
+
+``verify`` checks a whole batch with at most one token query and one tenant query (only for
+prefixes/tenants the cache lacks or holds too long), then judges each message in memory: token
+(prefix → keyed hash → constant-time compare → tenant binding → revoked → expired → tenant state),
+size, payload, payload tenant = subject tenant, staleness. Refusals are counted by reason; the token
+is never logged, only its public prefix when it parses.
+
+``apply`` keeps the newest valid heartbeat per tenant and either buffers it (nothing can change:
+activated, not degraded, same component statuses) or runs the transactional path for it, a few
+tenants at a time. It returns the tenants whose transaction failed, so the transport can retry them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+from pydantic import ValidationError
+
+from soctalk_common import events as ev
+from soctalk_common.errors import ValidationFailed
+from soctalk_heartbeat import domain, handlers
+from soctalk_heartbeat.handlers import HeartbeatDeps
+from soctalk_heartbeat.memory import Pending
+from soctalk_secrets.domain import Accept, parse_token
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A heartbeat as received: the tenant it claims to be about (subject or URL), the Authorization
+    value, the raw body, and how long it waited before we read it (JetStream; 0 for HTTP)."""
+
+    tenant: str
+    authorization: str | None
+    body: bytes
+    age_s: float = 0.0
+    transport: str = "nats"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    heartbeat: ev.AdapterHeartbeat | None = None
+    seen_at: datetime | None = None
+    reason: str | None = None  # refusal reason (see domain.RefusalReason)
+    stale: bool = False
+    errors: tuple[str, ...] = ()  # JSON paths of an invalid payload (never values)
+
+    @property
+    def accepted(self) -> bool:
+        return self.heartbeat is not None and not self.stale
+
+
+class Intake:
+    def __init__(self, deps: HeartbeatDeps, *, concurrency: int = 8) -> None:
+        self.deps = deps
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def verify(self, items: Sequence[Incoming]) -> list[Verdict]:
+        """Judge a batch. Raises only if the cache cannot be brought up to date (Postgres down)."""
+        tokens = [domain.bearer_token(i.authorization) for i in items]
+        prefixes = {p for t in tokens if t and (p := _prefix(t))}
+        await self.deps.tokens.ensure(prefixes)
+        now = self.deps.clock.now()
+        return [self._verify_one(item, token, now) for item, token in zip(items, tokens, strict=True)]
+
+    def _verify_one(self, item: Incoming, token: str | None, now: datetime) -> Verdict:
+        prefix = _prefix(token) if token else None
+        record = self.deps.tokens.record(prefix) if prefix else None
+        known, state = self.deps.tokens.tenant(record.tenant_id) if record else (False, None)
+        decision = domain.judge(record, item.tenant, now, presented=token, key=self.deps.config.key,
+                                tenant_known=known, tenant_state=state)
+        if not isinstance(decision, Accept):
+            return self._refuse(decision, item, prefix)
+        if len(item.body) > domain.MAX_BODY_BYTES:
+            return self._refuse("too_large", item, prefix)
+        try:
+            hb = ev.parse_event(item.body, expected="AdapterHeartbeat")
+        except ValidationError as exc:
+            paths = tuple(".".join(str(p) for p in e["loc"]) or "$" for e in exc.errors())
+            return self._refuse("invalid_payload", item, prefix, paths)
+        except (ValueError, ev.UnknownEventType):
+            return self._refuse("invalid_payload", item, prefix, ("$",))
+        assert isinstance(hb, ev.AdapterHeartbeat)
+        if str(hb.tenant_id) != decision.tenant_id:
+            return self._refuse("wrong_tenant", item, prefix)
+        cfg = self.deps.config
+        if domain.is_stale(item.age_s, cfg.interval_s, cfg.missed_intervals):
+            self.deps.metrics.stale.inc()
+            return Verdict(heartbeat=hb, stale=True)
+        self.deps.metrics.accepted.labels(item.transport).inc()
+        # Receipt time on our clock: monotonic per process, so the newest heartbeat wins ties. A message
+        # that waited in the stream is at most one liveness window old (older ones are stale above).
+        return Verdict(heartbeat=hb, seen_at=now)
+
+    def _refuse(self, reason: str, item: Incoming, prefix: str | None,
+                errors: tuple[str, ...] = ()) -> Verdict:
+        self.deps.metrics.refused.labels(reason).inc()
+        log.info("heartbeat.refused", reason=reason, subject_tenant=item.tenant[:64], token_prefix=prefix,
+                 transport=item.transport, fields=list(errors)[:10] or None)
+        return Verdict(reason=reason, errors=errors)
+
+    async def apply(self, verdicts: Sequence[Verdict]) -> set[uuid.UUID]:
+        """Buffer or record every accepted heartbeat; returns tenants whose transaction failed."""
+        newest: dict[uuid.UUID, Verdict] = {}
+        for v in verdicts:
+            if v.accepted and v.heartbeat is not None and v.seen_at is not None:
+                cur = newest.get(v.heartbeat.tenant_id)
+                if cur is None or (cur.seen_at is not None and cur.seen_at <= v.seen_at):
+                    newest[v.heartbeat.tenant_id] = v
+        slow: list[Verdict] = []
+        for tenant_id, v in newest.items():
+            assert v.heartbeat is not None and v.seen_at is not None
+            health = domain.health_of(v.heartbeat)
+            if self.deps.views.fast_path(tenant_id, domain.component_statuses(health)):
+                self.deps.buffer.put(tenant_id, Pending(v.seen_at, health, v.heartbeat))
+            else:
+                slow.append(v)
+        results = await asyncio.gather(*(self._observe(v) for v in slow), return_exceptions=True)
+        failed: set[uuid.UUID] = set()
+        for v, res in zip(slow, results, strict=True):
+            if isinstance(res, BaseException):
+                assert v.heartbeat is not None
+                failed.add(v.heartbeat.tenant_id)
+                log.warning("heartbeat.record_failed", tenant_id=str(v.heartbeat.tenant_id),
+                            error=type(res).__name__, detail=str(res)[:200])
+        return failed
+
+    async def _observe(self, v: Verdict) -> None:
+        assert v.heartbeat is not None and v.seen_at is not None
+        async with self._slots:
+            await handlers.observe(v.heartbeat, v.seen_at, self.deps)
+
+
+def _prefix(token: str) -> str | None:
+    try:
+        return parse_token(token)
+    except ValidationFailed:
+        return None

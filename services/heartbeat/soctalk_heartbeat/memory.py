@@ -1,0 +1,86 @@
+"""Process-local state of the heartbeat service: what it may skip, and what it has yet to write.
+
+Nothing here is a source of truth. ``Views`` lets a heartbeat that changes nothing skip the database
+(activated, not degraded, same component statuses as last recorded); every view is corrected by the
+next flush, which returns the durable flags. ``LastSeenBuffer`` holds the newest unwritten heartbeat
+per tenant; losing it (a crash) loses at most one flush interval of ``last_seen`` refreshes, never a
+decision.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from soctalk_common import events as ev
+
+
+@dataclass(frozen=True)
+class View:
+    activated: bool
+    degraded: bool
+    components: Mapping[str, str]
+
+
+@dataclass
+class Views:
+    _views: dict[uuid.UUID, View] = field(default_factory=dict)
+
+    def get(self, tenant_id: uuid.UUID) -> View | None:
+        return self._views.get(tenant_id)
+
+    def set(self, tenant_id: uuid.UUID, view: View) -> None:
+        self._views[tenant_id] = view
+
+    def update(self, tenant_id: uuid.UUID, **changes: Any) -> None:
+        v = self._views.get(tenant_id)
+        if v is not None:
+            self._views[tenant_id] = View(**{**v.__dict__, **changes})
+
+    def forget(self, tenant_id: uuid.UUID) -> None:
+        self._views.pop(tenant_id, None)
+
+    def fast_path(self, tenant_id: uuid.UUID, components: Mapping[str, str]) -> bool:
+        """True when a valid heartbeat with these component statuses changes no decision."""
+        v = self._views.get(tenant_id)
+        return v is not None and v.activated and not v.degraded and dict(v.components) == dict(components)
+
+
+@dataclass(frozen=True)
+class Pending:
+    seen_at: datetime
+    health: dict[str, Any]
+    heartbeat: ev.AdapterHeartbeat
+
+
+@dataclass
+class LastSeenBuffer:
+    """Newest unwritten heartbeat per tenant (bounded by the number of tenants)."""
+
+    _pending: dict[uuid.UUID, Pending] = field(default_factory=dict)
+
+    def put(self, tenant_id: uuid.UUID, p: Pending) -> None:
+        cur = self._pending.get(tenant_id)
+        if cur is None or cur.seen_at <= p.seen_at:
+            self._pending[tenant_id] = p
+
+    def drop_not_newer(self, tenant_id: uuid.UUID, seen_at: datetime) -> None:
+        """Forget a buffered heartbeat already superseded by one recorded transactionally."""
+        cur = self._pending.get(tenant_id)
+        if cur is not None and cur.seen_at <= seen_at:
+            del self._pending[tenant_id]
+
+    def take(self) -> dict[uuid.UUID, Pending]:
+        out, self._pending = self._pending, {}
+        return out
+
+    def restore(self, entries: Mapping[uuid.UUID, Pending]) -> None:
+        """Put back entries a flush could not write (a newer one that arrived meanwhile wins)."""
+        for t, p in entries.items():
+            self.put(t, p)
+
+    def __len__(self) -> int:
+        return len(self._pending)
