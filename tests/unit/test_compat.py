@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from soctalk_common.compat import (
     CompatEntry,
     load_compatibility,
@@ -79,23 +78,37 @@ def test_deprecated_pair_keeps_its_notes(seed_entries: list[CompatEntry]) -> Non
 
 
 @pytest.mark.parametrize(("system", "tenant"), [("1.1.0", "1.0.0"), ("v1.1.0", "1.0.0"), ("1.1.0", "v1.0.0")])
-def test_labels_with_and_without_v_are_the_same(seed_entries: list[CompatEntry], system: str, tenant: str) -> None:
+def test_labels_with_and_without_v_are_the_same(
+    seed_entries: list[CompatEntry], system: str, tenant: str
+) -> None:
     result = verdict(seed_entries, system, tenant)
     assert (result.system, result.tenant, result.status) == ("v1.1.0", "v1.0.0", "deprecated")
 
 
 def test_file_labels_without_v_are_normalised() -> None:
-    entries = parse_compatibility([{"system": "2.0.0", "tenant": [{"version": "2.0.0", "status": "supported"}]}])
+    entries = parse_compatibility(
+        [{"system": "2.0.0", "tenant": [{"version": "2.0.0", "status": "supported"}]}]
+    )
     assert (entries[0].system, entries[0].tenant) == ("v2.0.0", "v2.0.0")
     assert verdict(entries, "v2.0.0", "v2.0.0").status == "supported"
 
 
 def test_an_explicit_blocked_entry_is_known_and_refused() -> None:
     entries = parse_compatibility(
-        [{"system": "v2.0.0", "tenant": [{"version": "v1.0.0", "status": "blocked", "notes": "agents too old"}]}]
+        [
+            {
+                "system": "v2.0.0",
+                "tenant": [{"version": "v1.0.0", "status": "blocked", "notes": "agents too old"}],
+            }
+        ]
     )
     result = verdict(entries, "v2.0.0", "v1.0.0")
-    assert (result.status, result.known, result.allowed, result.notes) == ("blocked", True, False, "agents too old")
+    assert (result.status, result.known, result.allowed, result.notes) == (
+        "blocked",
+        True,
+        False,
+        "agents too old",
+    )
 
 
 @pytest.mark.parametrize("label", ["1.2.3", "v1.2.3", "v1.2.3-rc.1", "1.2.3+build.5"])
@@ -119,14 +132,26 @@ def test_verdict_rejects_a_non_semver_version(seed_entries: list[CompatEntry]) -
     ("document", "fragment"),
     [
         ({"system": "v1.0.0"}, "must be a list"),
-        ([{"system": "v1.0.0", "tenant": [{"version": "v1.0.0", "status": "maybe"}]}], "entry 0 (system v1.0.0), tenant 0: unknown status 'maybe'"),
+        (
+            [{"system": "v1.0.0", "tenant": [{"version": "v1.0.0", "status": "maybe"}]}],
+            "entry 0 (system v1.0.0), tenant 0: unknown status 'maybe'",
+        ),
         ([{"system": "v1.0.0", "tenant": [{"version": "v1.0.0"}]}], "unknown status None"),
         ([{"system": "one", "tenant": [{"version": "v1.0.0", "status": "supported"}]}], "entry 0: system"),
-        ([{"system": "v1.0.0", "tenant": [{"version": "x", "status": "supported"}]}], "tenant 0: version: 'x'"),
+        (
+            [{"system": "v1.0.0", "tenant": [{"version": "x", "status": "supported"}]}],
+            "tenant 0: version: 'x'",
+        ),
         ([{"system": "v1.0.0", "tenant": []}], "non-empty list"),
         ([{"system": "v1.0.0", "tenants": []}], "expected keys 'system' and 'tenant'"),
-        ([{"system": "v1.0.0", "tenant": [{"version": "v1.0.0", "status": "supported", "colour": "red"}]}], "expected keys version"),
-        ([{"system": "v1.0.0", "tenant": [{"version": "v1.0.0", "status": "supported", "notes": 3}]}], "notes must be a string"),
+        (
+            [{"system": "v1.0.0", "tenant": [{"version": "v1.0.0", "status": "supported", "colour": "red"}]}],
+            "expected keys version",
+        ),
+        (
+            [{"system": "v1.0.0", "tenant": [{"version": "v1.0.0", "status": "supported", "notes": 3}]}],
+            "notes must be a string",
+        ),
         (
             [
                 {"system": "v1.0.0", "tenant": [{"version": "v1.0.0", "status": "supported"}]},
@@ -152,7 +177,9 @@ def test_invalid_yaml_is_a_value_error(tmp_path: Path) -> None:
 def test_load_names_the_file_and_entry(tmp_path: Path) -> None:
     bad = tmp_path / "compatibility.yaml"
     bad.write_text("- system: v1.0.0\n  tenant:\n    - version: v1.0.0\n      status: sure\n")
-    with pytest.raises(ValueError, match=r"compatibility\.yaml: entry 0 \(system v1\.0\.0\), tenant 0: unknown status 'sure'"):
+    with pytest.raises(
+        ValueError, match=r"compatibility\.yaml: entry 0 \(system v1\.0\.0\), tenant 0: unknown status 'sure'"
+    ):
         load_compatibility(bad)
 
 

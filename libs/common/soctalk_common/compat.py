@@ -108,14 +108,20 @@ def parse_compatibility(document: Any) -> list[CompatEntry]:
                 raise ValueError(f"{row_where}: expected keys version, status, notes; got {row!r}")
             status = row.get("status")
             if status not in STATUSES:
-                raise ValueError(f"{row_where}: unknown status {status!r} (expected one of {', '.join(STATUSES)})")
+                raise ValueError(
+                    f"{row_where}: unknown status {status!r} (expected one of {', '.join(STATUSES)})"
+                )
             notes = row.get("notes")
             if notes is not None and not isinstance(notes, str):
                 raise ValueError(f"{row_where}: notes must be a string")
             try:
-                entry = CompatEntry(system=system, tenant=str(row.get("version", "")), status=status, notes=notes)
+                entry = CompatEntry(
+                    system=system, tenant=str(row.get("version", "")), status=status, notes=notes
+                )
             except ValueError as exc:
-                raise ValueError(f"{row_where}: version: {row.get('version')!r} is not a semantic version") from exc
+                raise ValueError(
+                    f"{row_where}: version: {row.get('version')!r} is not a semantic version"
+                ) from exc
             key = (entry.system, entry.tenant)
             if key in seen:
                 raise ValueError(f"{row_where}: pair system {key[0]} × tenant {key[1]} is listed twice")
@@ -151,7 +157,7 @@ def verdict(entries: Iterable[CompatEntry], system: str, tenant: str) -> Verdict
         system=sys_label,
         tenant=tenant_label,
         status="blocked",
-        notes=f"unknown combination: system {sys_label} × tenant {tenant_label} is not in the compatibility matrix",
+        notes=f"unknown combination: system {sys_label} × tenant {tenant_label} is not in the matrix",
         known=False,
     )
 
