@@ -73,6 +73,12 @@ class Running:
     def refused(self, reason: str) -> float:
         return self.deps.metrics.refused_count(reason)
 
+    def accepted(self, transport: str) -> float:
+        return self.deps.metrics.value("soctalk_heartbeat_accepted_total", transport=transport)
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.deps.metrics.value(name, **labels)
+
     async def shutdown(self) -> None:
         self.stop.set()
         await asyncio.wait_for(self.task, 15)
@@ -223,7 +229,7 @@ async def test_activation_when_the_heartbeat_follows_chart_applied(start, bus, s
 
     for _ in range(3):
         await adapter.beat_once()
-    await eventually(_probe(lambda: r.deps.metrics.accepted.labels("nats")._value.get() >= 4), what="beats")
+    await eventually(_probe(lambda: r.accepted("nats") >= 4), what="beats")
     assert len(await emitted(sessionmaker, "TenantActivated", tid)) == 1
 
 
@@ -303,8 +309,8 @@ async def test_exactly_one_activation_with_two_replicas_and_redeliveries(start, 
     for tid, _ in tenants:
         await eventually(n_of(lambda tid=tid: emitted(sessionmaker, "TenantActivated", tid), 1),
                          what="TenantActivated")
-    await eventually(_probe(lambda: a.deps.metrics.accepted.labels("nats")._value.get()
-                            + b.deps.metrics.accepted.labels("nats")._value.get() >= 48), what="all beats handled")
+    await eventually(_probe(lambda: a.accepted("nats")
+                            + b.accepted("nats") >= 48), what="all beats handled")
     await eventually(_probe(lambda: _counter(a, b, "processed") >= 6 and _counter(a, b, "duplicates") >= 6),
                      what="each ChartApplied handled once, its copy skipped")
     for tid, _ in tenants:
@@ -350,7 +356,7 @@ async def test_silence_degrades_and_the_next_heartbeat_recovers(start, bus, sess
     row = await hb_state(sessionmaker, tid)
     assert row is not None and not row.degraded
     await adapter.beat_once()
-    await eventually(_probe(lambda: r.deps.metrics.accepted.labels("nats")._value.get() >= 4), what="beats")
+    await eventually(_probe(lambda: r.accepted("nats") >= 4), what="beats")
     await eventually(lambda: _last_seen_is(sessionmaker, tid, clock.now()), what="flushed")
     assert len(await emitted(sessionmaker, "TenantRecovered", tid)) == 1
     assert len(await emitted(sessionmaker, "TenantDegraded", tid)) == 1
@@ -381,7 +387,7 @@ async def test_decisions_survive_a_restart(start, bus, sessionmaker, clock, nats
     await adapter.beat_once()
     await eventually(n_of(lambda: emitted(sessionmaker, "TenantRecovered", tid), 1), what="TenantRecovered")
     assert len(await emitted(sessionmaker, "TenantActivated", tid)) == 1
-    assert r2.deps.metrics.transitions.labels("activated")._value.get() == 0
+    assert r2.metric("soctalk_heartbeat_transitions_total", kind="activated") == 0
 
 
 async def test_component_changes_reach_the_lifecycle_stream_once(start, bus, sessionmaker, clock, nats_url):
@@ -397,7 +403,7 @@ async def test_component_changes_reach_the_lifecycle_stream_once(start, bus, ses
     adapter.set_component("cortex", "ok")
     await adapter.beat_once()
     await eventually(n_of(lambda: lifecycle(sessionmaker, tid, "ComponentRecovered"), 1), what="recovered")
-    await eventually(_probe(lambda: r.deps.metrics.accepted.labels("nats")._value.get() >= 5), what="beats")
+    await eventually(_probe(lambda: r.accepted("nats") >= 5), what="beats")
     assert len(await lifecycle(sessionmaker, tid, "ComponentDegraded")) == 1
     assert len(await emitted(sessionmaker, "TenantLifecycleEvent", tid)) == 2  # mirrored on the stream
 
@@ -406,15 +412,15 @@ async def test_steady_heartbeats_cost_no_transaction_and_are_flushed_in_batches(
                                                                                 nats_url):
     r = await start()
     tenants = [await activate(r, bus, sessionmaker, clock, nats_url) for _ in range(5)]
-    tx_before = r.deps.metrics.transactions._value.get()
+    tx_before = r.metric("soctalk_heartbeat_transactions_total")
     clock.advance(30)
     for _ in range(4):
         await asyncio.gather(*(adapter.beat_once() for _, adapter in tenants))
-    await eventually(_probe(lambda: r.deps.metrics.accepted.labels("nats")._value.get() >= 25), what="beats")
+    await eventually(_probe(lambda: r.accepted("nats") >= 25), what="beats")
     for tid, _ in tenants:
         await eventually(lambda tid=tid: _last_seen_is(sessionmaker, tid, clock.now()), what="last_seen")
-    assert r.deps.metrics.transactions._value.get() == tx_before  # no per-heartbeat transaction
-    assert r.deps.metrics.flushed._value.get() >= 5
+    assert r.metric("soctalk_heartbeat_transactions_total") == tx_before  # no per-heartbeat transaction
+    assert r.metric("soctalk_heartbeat_flushed_rows_total") >= 5
     tenant = await tenant_row(sessionmaker, tenants[0][0])
     assert tenant.last_heartbeat_at is not None and abs((tenant.last_heartbeat_at - clock.now()).total_seconds()) < 1
 
@@ -479,7 +485,7 @@ async def test_bad_heartbeats_are_refused_with_their_reason(start, bus, sessionm
         await eventually(_probe(lambda reason=reason: r.refused(reason) >= 1), what=f"refused: {reason}")
     for t in (tid, other, gone):
         assert await hb_state(sessionmaker, t) is None
-    assert r.deps.metrics.accepted.labels("nats")._value.get() == 0
+    assert r.accepted("nats") == 0
     # Payload tenant ≠ subject tenant, with a valid token for the subject: refused too.
     body = ev.AdapterHeartbeat(tenant_id=other, adapter_version="1", status="ok").model_dump_json().encode()
     await _publish(bus, tid, good, body)
@@ -567,7 +573,7 @@ async def test_http_endpoint_accepts_a_valid_heartbeat(start, bus, sessionmaker,
     assert status == 202, text
     [activated] = await emitted(sessionmaker, "TenantActivated", tid)
     assert activated["adapter_version"] == "3.0.0"
-    assert r.deps.metrics.accepted.labels("http")._value.get() == 1
+    assert r.accepted("http") == 1
 
 
 async def test_http_endpoint_refuses_bad_tokens_without_echoing_them(start, sessionmaker, clock):

@@ -14,6 +14,7 @@ tenants at a time. It returns the tenants whose transaction failed, so the trans
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from soctalk_heartbeat.memory import Pending
 from soctalk_secrets.domain import Accept, parse_token
 
 log = structlog.get_logger(__name__)
+
+LOG_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class Intake:
     def __init__(self, deps: HeartbeatDeps, *, concurrency: int = 8) -> None:
         self.deps = deps
         self._slots = asyncio.Semaphore(concurrency)
+        self._logged: dict[str, tuple[float, int]] = {}
 
     async def verify(self, items: Sequence[Incoming]) -> list[Verdict]:
         """Judge a batch. Raises only if the cache cannot be brought up to date (Postgres down)."""
@@ -102,8 +106,16 @@ class Intake:
     def _refuse(self, reason: str, item: Incoming, prefix: str | None,
                 errors: tuple[str, ...] = ()) -> Verdict:
         self.deps.metrics.refused.labels(reason).inc()
-        log.info("heartbeat.refused", reason=reason, subject_tenant=item.tenant[:64], token_prefix=prefix,
-                 transport=item.transport, fields=list(errors)[:10] or None)
+        # One line per reason per LOG_EVERY_S (a flood of forged heartbeats must not flood the logs);
+        # the metric counts every one. Only the public prefix is logged, never the token.
+        now = time.monotonic()
+        last, suppressed = self._logged.get(reason, (float("-inf"), 0))
+        if now - last >= LOG_EVERY_S:
+            log.info("heartbeat.refused", reason=reason, subject_tenant=item.tenant[:64], token_prefix=prefix,
+                     transport=item.transport, fields=list(errors)[:10] or None, suppressed=suppressed)
+            self._logged[reason] = (now, 0)
+        else:
+            self._logged[reason] = (last, suppressed + 1)
         return Verdict(reason=reason, errors=errors)
 
     async def apply(self, verdicts: Sequence[Verdict]) -> set[uuid.UUID]:

@@ -30,5 +30,9 @@ class HeartbeatMetrics:
         self.batch = Histogram("soctalk_heartbeat_batch_size", "Messages per pulled batch", registry=registry,
                                buckets=(1, 10, 50, 100, 250, 500, 1000, 2000))
 
+    def value(self, name: str, **labels: str) -> float:
+        """Current value of a sample: ``value("soctalk_heartbeat_accepted_total", transport="nats")``."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
     def refused_count(self, reason: str) -> float:
-        return self.registry.get_sample_value("soctalk_heartbeat_refused_total", {"reason": reason}) or 0.0
+        return self.value("soctalk_heartbeat_refused_total", reason=reason)

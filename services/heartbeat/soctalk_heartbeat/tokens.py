@@ -5,8 +5,9 @@ What callers can rely on:
 * ``ensure(prefixes, tenants)`` loads every prefix/tenant the cache does not hold, or holds for longer
   than ``max_age_s``, in one query per table; afterwards ``record()`` / ``tenant()`` answer from memory.
   A prefix with no row is cached as unknown too (forged tokens cannot turn into a query per message).
-* ``refresh()`` (a periodic task, every ``refresh_s`` ≈ 1 s) reloads every cached entry in one query
-  per table and evicts entries unused for ``idle_s``. Together with ``max_age_s`` this bounds how long
+* ``refresh()`` (a periodic task, every ``refresh_s`` ≈ 1 s) reloads every cached token and tenant in
+  one query per table and evicts entries unused for ``idle_s``; unknown prefixes (at most
+  ``max_unknown``, oldest dropped first) are looked up again only when presented after ``max_age_s``. Together with ``max_age_s`` this bounds how long
   a revocation, expiry change or tenant decommission can go unseen: one refresh period normally,
   ``max_age_s`` if the refresh loop is failing. If Postgres is down and an entry is too old, ``ensure``
   raises and the caller retries the messages later — a stale cache never accepts.
@@ -38,13 +39,14 @@ class _Entry:
 
 class TokenCache:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, max_age_s: float = 3.0,
-                 idle_s: float = 600.0, max_entries: int = 200_000) -> None:
+                 idle_s: float = 600.0, max_unknown: int = 10_000) -> None:
         self.sessionmaker = sessionmaker
         self.max_age_s = max_age_s
         self.idle_s = idle_s
-        self.max_entries = max_entries
-        self._tokens: dict[str, _Entry] = {}
-        self._tenants: dict[str, _Entry] = {}
+        self.max_unknown = max_unknown
+        self._tokens: dict[str, _Entry] = {}  # prefix → AdapterTokenRecord
+        self._unknown: dict[str, float] = {}  # prefix with no row → when that was seen (insertion order)
+        self._tenants: dict[str, _Entry] = {}  # tenant id → state (None: no row)
         self.loads = 0  # queries issued (observability and tests)
 
     # -- reads (memory only) ----------------------------------------------------------------------
@@ -69,17 +71,20 @@ class TokenCache:
     # -- loading ----------------------------------------------------------------------------------
     async def ensure(self, prefixes: Iterable[str], tenants: Iterable[str] = ()) -> None:
         """Make sure every given prefix (and its owner) and tenant is cached and fresh."""
+        prefixes = set(prefixes)
         now = time.monotonic()
-        want_p = {p for p in prefixes if self._stale(self._tokens.get(p), now)}
+        want_p = {p for p in prefixes if now - self._loaded(p) > self.max_age_s}
         if want_p:
             await self._load_tokens(want_p)
-        owners = {e.value.tenant_id for p in prefixes if (e := self._tokens.get(p)) and e.value is not None}
-        want_t = {t for t in {*owners, *tenants} if self._stale(self._tenants.get(t), now)}
+        owners = {e.value.tenant_id for p in prefixes if (e := self._tokens.get(p)) is not None}
+        want_t = {t for t in {*owners, *tenants}
+                  if (e := self._tenants.get(t)) is None or now - e.loaded > self.max_age_s}
         if want_t:
             await self._load_tenants(want_t)
 
     async def refresh(self) -> None:
-        """Reload everything cached (revocations take effect) and forget what nobody used lately."""
+        """Reload every cached token and tenant (revocations take effect), forget what nobody used
+        lately. Unknown prefixes are not refreshed: they are looked up again when next presented."""
         now = time.monotonic()
         for table in (self._tokens, self._tenants):
             for k in [k for k, e in table.items() if now - e.used > self.idle_s]:
@@ -89,8 +94,11 @@ class TokenCache:
         if self._tenants:
             await self._load_tenants(set(self._tenants))
 
-    def _stale(self, e: _Entry | None, now: float) -> bool:
-        return e is None or now - e.loaded > self.max_age_s
+    def _loaded(self, prefix: str) -> float:
+        e = self._tokens.get(prefix)
+        if e is not None:
+            return e.loaded
+        return self._unknown.get(prefix, float("-inf"))
 
     async def _load_tokens(self, prefixes: set[str]) -> None:
         stmt = select(m.AdapterToken).where(
@@ -100,9 +108,16 @@ class TokenCache:
         self.loads += 1
         now = time.monotonic()
         for p in prefixes:
-            old = self._tokens.get(p)
-            self._tokens[p] = _Entry(found.get(p), now, old.used if old else now)
-        self._bound(self._tokens)
+            if p in found:
+                old = self._tokens.get(p)
+                self._tokens[p] = _Entry(found[p], now, old.used if old else now)
+                self._unknown.pop(p, None)
+            else:  # deleted, or never existed (forged): remember briefly, bounded
+                self._tokens.pop(p, None)
+                self._unknown.pop(p, None)
+                self._unknown[p] = now
+        while len(self._unknown) > self.max_unknown:
+            del self._unknown[next(iter(self._unknown))]
 
     async def _load_tenants(self, tenant_ids: set[str]) -> None:
         ids = [uuid.UUID(t) for t in tenant_ids]
@@ -115,13 +130,6 @@ class TokenCache:
         for t in tenant_ids:
             old = self._tenants.get(t)
             self._tenants[t] = _Entry(found.get(t), now, old.used if old else now)
-        self._bound(self._tenants)
-
-    def _bound(self, table: dict[str, _Entry]) -> None:
-        # Forged prefixes could grow the table without limit: drop the least recently used first.
-        if len(table) > self.max_entries:
-            for k, _ in sorted(table.items(), key=lambda kv: kv[1].used)[: len(table) - self.max_entries]:
-                del table[k]
 
 
 def _record(row: m.AdapterToken) -> AdapterTokenRecord:
