@@ -185,7 +185,8 @@ def transition(state: str, trigger: str, *, previous: str | None = None) -> Stat
         return IllegalTransition(state, trigger, f"{trigger} is not allowed while the tenant is {state}")
     if target == PREVIOUS:
         if previous is None or previous not in LIVE:
-            return IllegalTransition(state, trigger, f"no state to return to (recorded: {previous!r})")
+            return IllegalTransition(state, trigger, f"{trigger} only works during the grace period: "
+                                                     f"no state to return to (recorded: {previous!r})")
         return State(previous)
     return State(target)
 

@@ -142,9 +142,8 @@ async def on_decommission_cancel_requested(event: ev.TenantDecommissionCancelReq
         tenant = await locked(tx, event.tenant_id)
         grace = await timers.pending(tx, tenant.id, GRACE_TIMER)
         previous = grace.payload.get("state_before") if grace is not None else None
-        message = "cancelled during the grace period" if grace else "grace period over: too late to cancel"
         if move(tx, tenant, event, Trigger.CANCEL_DECOMMISSION, d, type_="DecommissionCancelled",
-                step="decommission", previous=previous, message=message):
+                step="decommission", previous=previous, message="cancelled during the grace period"):
             await timers.cancel(tx, tenant.id, GRACE_TIMER, at=d.clock.now())
         await tx.commit()
 

@@ -65,7 +65,10 @@ def allowed(tenant: m.Tenant, trigger: Trigger) -> bool:
 
 
 def complete(tenant: m.Tenant, step: str) -> None:
-    """Record ``step`` as done; progress resets the failure count."""
+    """Record ``step`` as done. Only progress resets the failure count: a step reported done again
+    (our own re-sent trigger, a redelivery) changes nothing."""
+    if step in tenant.completed_steps:
+        return
     tenant.completed_steps = domain.complete(tenant.completed_steps, step)
     tenant.attempts, tenant.failed_step, tenant.last_error = 0, None, None
 
