@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     secrets_backend: str = "kubernetes"  # kubernetes | vault
     token_hash_key: str | None = None  # HMAC key for adapter token hashes; from soctalk-adapter-signing-key
     token_overlap_s: float = 3600.0
+    vault_mount: str = "secret"  # KV v2 mount holding tenant secrets (the ClusterSecretStore's path)
+    vault_secret_store: str = "soctalk-vault"  # ClusterSecretStore every ExternalSecret references
+    vault_admin_token: str | None = None  # when set, the secrets service writes the seed-004 policies
+    eso_sync_timeout_s: float = 60.0  # a vault-backend rotation waits this long for ESO to sync
 
     # HTTP API (seed 001 `auth` block)
     api_port: int = 8080

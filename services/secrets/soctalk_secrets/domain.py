@@ -25,7 +25,7 @@ import secrets
 import string
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal
@@ -611,3 +611,225 @@ def _aware(now: datetime) -> None:
     # Naive datetimes would compare wrongly (or raise) against the UTC timestamps stored in Postgres.
     if now.tzinfo is None:
         raise ValidationFailed([("now", "must be timezone-aware")])
+
+
+# --------------------------------------------------------------------------------------------------
+# Kubernetes metadata (seed 001 ``namespaceLabels``) and External Secrets objects
+# --------------------------------------------------------------------------------------------------
+
+MANAGED_BY = "soctalk"
+TENANT_ID_LABEL = "soctalk.io/tenant-id"
+PURPOSE_LABEL = "soctalk.io/purpose"
+VERSION_LABEL_ANNOTATION = "soctalk.io/version-label"  # same key as the Kubernetes gateway's
+#: Reserved key inside a Vault KV secret holding the version label; never synced into a Secret.
+VAULT_VERSION_KEY = "_soctalk_version_label"
+ESO_GROUP = "external-secrets.io"
+ESO_API_VERSIONS: tuple[str, ...] = (f"{ESO_GROUP}/v1", f"{ESO_GROUP}/v1beta1")  # preferred first
+ESO_REFRESH_INTERVAL = "1h"
+
+
+def namespace_labels(
+    *, tenant_id: uuid.UUID | str, mssp_id: uuid.UUID | str, install_id: uuid.UUID | str
+) -> dict[str, str]:
+    """Labels of ``tenant-<slug>`` exactly as seed 001 ``namespaceLabels`` lists them."""
+    return {
+        "tenant": "true",
+        "managed-by": MANAGED_BY,
+        "mssp-id": str(mssp_id),
+        "install-id": str(install_id),
+        "tenant-id": _tenant_uuid(tenant_id),
+    }
+
+
+def secret_labels(tenant_id: uuid.UUID | str, purpose: str) -> dict[str, str]:
+    """Labels on every Secret / ExternalSecret this service writes: cleanup finds them by tenant."""
+    return {
+        "managed-by": MANAGED_BY,
+        TENANT_ID_LABEL: _tenant_uuid(tenant_id),
+        PURPOSE_LABEL: spec(purpose).purpose,
+    }
+
+
+def external_secret(
+    *,
+    api_version: str,
+    namespace: str,
+    name: str,
+    store: str,
+    remote_key: str,
+    properties: Mapping[str, str],
+    version_label: str,
+    labels: Mapping[str, str],
+) -> dict[str, object]:
+    """An ``ExternalSecret`` that makes ESO sync Vault KV ``remote_key`` into Secret ``namespace/name``.
+
+    Each Secret key maps explicitly to one property of the Vault secret (``properties``: secret key →
+    Vault property), so the reserved version-label property is never synced. The synced Secret carries
+    the version label as the ``soctalk.io/version-label`` annotation, like a Secret written directly;
+    a new label is a spec change, which ESO reconciles at once (no refresh interval to wait for).
+    """
+    _parse_version(version_label)
+    if api_version not in ESO_API_VERSIONS:
+        raise ValidationFailed([("api_version", f"unsupported External Secrets API {api_version!r}")])
+    meta_labels = dict(labels)
+    return {
+        "apiVersion": api_version,
+        "kind": "ExternalSecret",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": meta_labels,
+            "annotations": {VERSION_LABEL_ANNOTATION: version_label},
+        },
+        "spec": {
+            "refreshInterval": ESO_REFRESH_INTERVAL,
+            "secretStoreRef": {"kind": "ClusterSecretStore", "name": store},
+            "target": {
+                "name": name,
+                "creationPolicy": "Owner",
+                "deletionPolicy": "Delete",
+                "template": {
+                    "type": "Opaque",
+                    "metadata": {
+                        "labels": meta_labels,
+                        "annotations": {VERSION_LABEL_ANNOTATION: version_label},
+                    },
+                },
+            },
+            "data": [
+                {"secretKey": key, "remoteRef": {"key": remote_key, "property": prop}}
+                for key, prop in properties.items()
+            ],
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Where a tenant's LLM key comes from
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LlmSealed:
+    """The key sealed to the install's public key: opened here and written to ``tenant-<id>-llm``."""
+
+    envelope: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class LlmSecretRef:
+    """An existing Secret in the install namespace, *referenced* (not copied), so the MSSP's own
+    rotation of that Secret reaches the orchestrator without SocTalk in the loop."""
+
+    namespace: str
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class LlmVaultPath:
+    """A Vault KV v2 secret (``path`` relative to ``mount``), referenced: ESO syncs its ``api_key``
+    property into ``tenant-<id>-llm``; this service never reads it."""
+
+    mount: str
+    path: str
+    remote_property: str = "api_key"
+
+    @property
+    def full_path(self) -> str:
+        return f"{self.mount}/{self.path}"
+
+
+LlmSource = LlmSealed | LlmSecretRef | LlmVaultPath
+
+_K8S_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+_K8S_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+_VAULT_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+#: Secrets in the install namespace a tenant's LLM reference may never point at: the install's own
+#: keys (``soctalk-*``) and every tenant's managed Secrets (``tenant-<id>-*``).
+_RESERVED_SECRET_PREFIXES = ("soctalk-", TENANT_NAMESPACE_PREFIX)
+
+
+def llm_source(
+    *,
+    sealed: str | None,
+    secret_ref: tuple[str, str, str] | None,
+    vault_path: str | None,
+    system_namespace: str,
+    mount: str,
+    mssp_id: str,
+    slug: str,
+) -> LlmSource:
+    """Classify and check an ``LlmKeySource`` (exactly one of its three forms).
+
+    Refused (``ValidationFailed`` naming the field, never a value): a Secret outside the install
+    namespace or one of SocTalk's own / another tenant's Secrets (a tenant must not borrow a key it
+    was not given); a Vault path on another mount than the ClusterSecretStore's, or inside another
+    tenant's managed tree ``<mssp>/tenants/<other>/``.
+    """
+    given = [x is not None for x in (sealed, secret_ref, vault_path)]
+    if sum(given) != 1:
+        raise ValidationFailed([("llm_key", "exactly one of sealed, secret_ref, vault_path")])
+    if sealed is not None:
+        return LlmSealed(sealed)
+    if secret_ref is not None:
+        namespace, name, key = secret_ref
+        if namespace != system_namespace:
+            raise ValidationFailed(
+                [("llm_key.secret_ref.namespace", f"must be {system_namespace} (the install namespace)")]
+            )
+        if not _K8S_NAME_RE.fullmatch(name) or name.startswith(_RESERVED_SECRET_PREFIXES):
+            raise ValidationFailed(
+                [("llm_key.secret_ref.name", "must name an MSSP-provided Secret, not soctalk-* or tenant-*")]
+            )
+        if not _K8S_KEY_RE.fullmatch(key):
+            raise ValidationFailed([("llm_key.secret_ref.key", "not a valid Secret key")])
+        return LlmSecretRef(namespace, name, key)
+    assert vault_path is not None
+    head, _, rest = vault_path.partition("/")
+    segments = rest.split("/") if rest else []
+    if head != mount or not segments or not all(
+        s not in (".", "..") and _VAULT_SEGMENT_RE.fullmatch(s) for s in segments
+    ):
+        raise ValidationFailed([("llm_key.vault_path", f"must be a KV path under the {mount}/ mount")])
+    tree = f"{_mssp(mssp_id)}/tenants/"
+    if rest.startswith(tree) and not rest.startswith(f"{tree}{_slug(slug)}/"):
+        raise ValidationFailed([("llm_key.vault_path", "points into another tenant's secrets")])
+    return LlmVaultPath(mount, rest)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rotation bookkeeping
+# --------------------------------------------------------------------------------------------------
+
+#: Purposes whose old version stays valid for an overlap window after a rotation (the adapter
+#: re-reads its token file; heartbeats must not fail meanwhile). Everything else retires at once.
+OVERLAPPED_PURPOSES: frozenset[str] = frozenset({"adapter-token"})
+
+
+def latest_version_label(labels: Iterable[str]) -> str | None:
+    """The highest ``v<n>`` of ``labels`` (numerically: v10 > v9), ``None`` if there are none."""
+    best: tuple[int, str] | None = None
+    for label in labels:
+        n = _parse_version(label)
+        if best is None or n > best[0]:
+            best = (n, label)
+    return None if best is None else best[1]
+
+
+def copies_of(purpose: str) -> tuple[str, ...]:
+    """Purposes holding COPY keys of ``purpose`` (``wazuh-bootstrap`` → ``("wazuh",)``)."""
+    source = spec(purpose).purpose
+    return tuple(
+        s.purpose
+        for s in INVENTORY
+        if any(k.gen == Gen.COPY and k.source and k.source[0] == source for k in s.keys)
+    )
+
+
+def expected_copies(purpose: str, linked: Mapping[str, Mapping[str, str]]) -> dict[str, str] | None:
+    """For a purpose made only of COPY/FIXED keys, the values it must hold given its sources; else None."""
+    s = spec(purpose)
+    if not any(k.gen == Gen.COPY for k in s.keys):
+        return None
+    return generate(purpose, linked=linked)
