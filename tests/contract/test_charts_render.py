@@ -324,9 +324,7 @@ def test_component_sizing_reaches_the_subcharts() -> None:
         == sizing["wazuh"]["indexer"]["resources"]
     )
     assert (
-        sts["thehive-cassandra"]["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"][
-            "storage"
-        ]
+        sts["cassandra"]["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
         == sizing["thehive"]["cassandra"]["persistence"]["size"]
     )
     assert (
@@ -341,7 +339,7 @@ def test_component_sizing_reaches_the_subcharts() -> None:
 def test_subchart_labels_carry_their_pinned_versions() -> None:
     sts = by_kind(objects(TENANT, LB_SAMPLE.name), "StatefulSet")
     assert sts["wazuh-manager"]["metadata"]["labels"]["helm.sh/chart"] == "wazuh-0.3.2-soctalk-v1"
-    assert sts["thehive"]["metadata"]["labels"]["helm.sh/chart"] == "thehive-5.2.0-soctalk-v1"
+    assert sts["cassandra"]["metadata"]["labels"]["helm.sh/chart"] == "thehive-5.2.0-soctalk-v1"
     assert sts["cortex-elasticsearch"]["metadata"]["labels"]["helm.sh/chart"] == "cortex-3.1.8-soctalk-v1"
 
 
@@ -488,7 +486,8 @@ def test_quota_fits_the_rendered_stack(name: str) -> None:
     objs = objects(TENANT, name)
     hard = by_kind(objs, "ResourceQuota")["tenant-quota"]["spec"]["hard"]
     total: dict[str, Decimal] = {}
-    pods = pvcs = 0
+    pods = 0
+    pvcs = len(by_kind(objs, "PersistentVolumeClaim"))
     for o in objs:
         if o["kind"] not in ("Deployment", "StatefulSet"):
             continue
@@ -518,8 +517,12 @@ def test_external_cortex_replaces_the_in_namespace_one() -> None:
     objs = objects(TENANT, EDGE_SAMPLE.name)
     names = {o["metadata"]["name"] for o in objs}
     assert not {"cortex", "cortex-elasticsearch"} & names
-    thehive = by_kind(objs, "StatefulSet")["thehive"]["spec"]["template"]["spec"]["containers"][0]
+    thehive = by_kind(objs, "Deployment")["thehive"]["spec"]["template"]["spec"]["containers"][0]
     assert env_of(thehive)["TH_CORTEX_URL"]["value"] == "https://cortex.globex.example.com"
+    assert "TH_CORTEX_KEY" not in env_of(thehive)  # the in-namespace key does not fit another Cortex
+    local = by_kind(objects(TENANT, LB_SAMPLE.name), "Deployment")["thehive"]["spec"]["template"]["spec"]
+    key_ref = env_of(local["containers"][0])["TH_CORTEX_KEY"]["valueFrom"]["secretKeyRef"]
+    assert key_ref == {"name": "cortex-bootstrap", "key": "api_key"}
     assert {"cortex", "cortex-elasticsearch"} <= {
         o["metadata"]["name"] for o in objects(TENANT, LB_SAMPLE.name)
     }
@@ -655,6 +658,7 @@ def test_tenant_chart_kinds_are_all_covered_by_the_helm_runner_role() -> None:
         "Role": "roles",
         "RoleBinding": "rolebindings",
         "Certificate": "certificates",
+        "PersistentVolumeClaim": "persistentvolumeclaims",
     }
     for name in TENANT_NAMES:
         for o in objects(TENANT, name):

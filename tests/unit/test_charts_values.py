@@ -374,8 +374,8 @@ PATTERN_CASES = [
     (
         TENANT,
         ("tenant", "slug"),
-        ["acme", "a", "acme-corp-2", "a" * 40],
-        ["Acme", "-acme", "acme-", "acme_corp", "a" * 41, ""],
+        ["acme", "a", "acme-corp-2", "a" * 56],
+        ["Acme", "-acme", "acme-", "acme_corp", "a" * 57, ""],
     ),
     (
         TENANT,

@@ -52,6 +52,7 @@ spec:
               value: {{ printf "http://cortex-elasticsearch:%v" $c.ports.elasticsearch | quote }}
             {{- include "cortex.secretEnv" (dict "env" "CORTEX_ADMIN_USERNAME" "name" $boot.name "key" $boot.usernameKey) | nindent 12 }}
             {{- include "cortex.secretEnv" (dict "env" "CORTEX_ADMIN_PASSWORD" "name" $boot.name "key" $boot.passwordKey) | nindent 12 }}
+            {{- include "cortex.secretEnv" (dict "env" "CORTEX_SOCTALK_API_KEY" "name" $boot.name "key" $boot.apiKeyKey) | nindent 12 }}
             {{- /* Allowlist; empty means the image's safe default set (seed 001). */}}
             - name: CORTEX_ANALYZERS
               value: {{ join "," $s.analyzers | quote }}

@@ -5,13 +5,13 @@
 apiVersion: v1
 kind: Service
 metadata:
-  name: thehive-cassandra
+  name: cassandra
   labels:
-    {{- include "thehive.labels" (dict "ctx" . "component" "thehive-cassandra") | nindent 4 }}
+    {{- include "thehive.labels" (dict "ctx" . "component" "cassandra") | nindent 4 }}
 spec:
   type: ClusterIP
   selector:
-    {{- include "thehive.selector" (dict "ctx" . "component" "thehive-cassandra") | nindent 4 }}
+    {{- include "thehive.selector" (dict "ctx" . "component" "cassandra") | nindent 4 }}
   ports:
     - name: cql
       port: {{ $c.ports.cql }}
@@ -21,14 +21,14 @@ spec:
 apiVersion: v1
 kind: Service
 metadata:
-  name: thehive-cassandra-headless
+  name: cassandra-headless
   labels:
-    {{- include "thehive.labels" (dict "ctx" . "component" "thehive-cassandra") | nindent 4 }}
+    {{- include "thehive.labels" (dict "ctx" . "component" "cassandra") | nindent 4 }}
 spec:
   clusterIP: None
   publishNotReadyAddresses: true
   selector:
-    {{- include "thehive.selector" (dict "ctx" . "component" "thehive-cassandra") | nindent 4 }}
+    {{- include "thehive.selector" (dict "ctx" . "component" "cassandra") | nindent 4 }}
   ports:
     - name: cql
       port: {{ $c.ports.cql }}
@@ -37,20 +37,20 @@ spec:
 apiVersion: apps/v1
 kind: StatefulSet
 metadata:
-  name: thehive-cassandra
+  name: cassandra
   labels:
-    {{- include "thehive.labels" (dict "ctx" . "component" "thehive-cassandra") | nindent 4 }}
+    {{- include "thehive.labels" (dict "ctx" . "component" "cassandra") | nindent 4 }}
 spec:
-  serviceName: thehive-cassandra-headless
+  serviceName: cassandra-headless
   replicas: {{ .replicas }}
   podManagementPolicy: Parallel
   selector:
     matchLabels:
-      {{- include "thehive.selector" (dict "ctx" . "component" "thehive-cassandra") | nindent 6 }}
+      {{- include "thehive.selector" (dict "ctx" . "component" "cassandra") | nindent 6 }}
   template:
     metadata:
       labels:
-        {{- include "thehive.labels" (dict "ctx" . "component" "thehive-cassandra") | nindent 8 }}
+        {{- include "thehive.labels" (dict "ctx" . "component" "cassandra") | nindent 8 }}
     spec:
       serviceAccountName: {{ .serviceAccount }}
       automountServiceAccountToken: false
@@ -101,7 +101,7 @@ spec:
     - metadata:
         name: data
         labels:
-          {{- include "thehive.selector" (dict "ctx" . "component" "thehive-cassandra") | nindent 10 }}
+          {{- include "thehive.selector" (dict "ctx" . "component" "cassandra") | nindent 10 }}
       spec:
         accessModes: ["ReadWriteOnce"]
         resources:

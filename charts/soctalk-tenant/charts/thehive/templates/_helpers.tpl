@@ -10,7 +10,8 @@ components.thehive. The parent calls "thehive.all" with one context dict:
   labels          labels every tenant object carries
   chart           "thehive-<version>" for the helm.sh/chart label
   serviceAccount  the tenant's data-plane ServiceAccount (no RBAC, no token)
-  cortexUrl       Cortex endpoint TheHive sends analyses to
+  cortexUrl          Cortex endpoint TheHive sends analyses to
+  cortexInNamespace  true when that Cortex is the in-namespace one (its API key is here)
 */}}
 
 {{- define "thehive.labels" -}}

@@ -19,31 +19,30 @@ spec:
       targetPort: http
       protocol: TCP
 ---
+{{- /* Case attachments live on their own volume; the Deployment recreates (RWO) instead of rolling. */}}
 apiVersion: v1
-kind: Service
+kind: PersistentVolumeClaim
 metadata:
-  name: thehive-headless
+  name: thehive-files
   labels:
     {{- include "thehive.labels" (dict "ctx" . "component" "thehive") | nindent 4 }}
 spec:
-  clusterIP: None
-  selector:
-    {{- include "thehive.selector" (dict "ctx" . "component" "thehive") | nindent 4 }}
-  ports:
-    - name: http
-      port: {{ $c.ports.http }}
-      targetPort: http
+  accessModes: ["ReadWriteOnce"]
+  resources:
+    requests:
+      storage: {{ $c.attachments.size }}
 ---
-{{- /* A StatefulSet, not a Deployment: TheHive keeps case attachments on its own volume. */}}
 apiVersion: apps/v1
-kind: StatefulSet
+kind: Deployment
 metadata:
   name: thehive
   labels:
     {{- include "thehive.labels" (dict "ctx" . "component" "thehive") | nindent 4 }}
 spec:
-  serviceName: thehive-headless
   replicas: {{ .replicas }}
+  revisionHistoryLimit: 3
+  strategy:
+    type: Recreate
   selector:
     matchLabels:
       {{- include "thehive.selector" (dict "ctx" . "component" "thehive") | nindent 6 }}
@@ -66,15 +65,19 @@ spec:
               protocol: TCP
           env:
             - name: TH_CQL_HOSTNAMES
-              value: thehive-cassandra
+              value: cassandra
             {{- include "thehive.secretEnv" (dict "env" "TH_CQL_USERNAME" "name" $creds.name "key" $creds.usernameKey) | nindent 12 }}
             {{- include "thehive.secretEnv" (dict "env" "TH_CQL_PASSWORD" "name" $creds.name "key" $creds.passwordKey) | nindent 12 }}
             {{- include "thehive.secretEnv" (dict "env" "TH_ADMIN_USERNAME" "name" $boot.name "key" $boot.usernameKey) | nindent 12 }}
             {{- include "thehive.secretEnv" (dict "env" "TH_ADMIN_PASSWORD" "name" $boot.name "key" $boot.passwordKey) | nindent 12 }}
+            {{- include "thehive.secretEnv" (dict "env" "TH_SOCTALK_API_TOKEN" "name" $boot.name "key" $boot.apiTokenKey) | nindent 12 }}
             - name: TH_STORAGE_PATH
               value: /data/files
             - name: TH_CORTEX_URL
               value: {{ .cortexUrl | quote }}
+            {{- if .cortexInNamespace }}
+            {{- include "thehive.secretEnv" (dict "env" "TH_CORTEX_KEY" "name" $c.secrets.cortex.name "key" $c.secrets.cortex.apiKeyKey) | nindent 12 }}
+            {{- end }}
           resources:
             {{- toYaml $s.resources | nindent 12 }}
           securityContext:
@@ -102,16 +105,9 @@ spec:
             - name: tmp
               mountPath: /tmp
       volumes:
+        - name: files
+          persistentVolumeClaim:
+            claimName: thehive-files
         - name: tmp
           emptyDir: {}
-  volumeClaimTemplates:
-    - metadata:
-        name: files
-        labels:
-          {{- include "thehive.selector" (dict "ctx" . "component" "thehive") | nindent 10 }}
-      spec:
-        accessModes: ["ReadWriteOnce"]
-        resources:
-          requests:
-            storage: {{ $c.attachments.size }}
 {{- end }}
