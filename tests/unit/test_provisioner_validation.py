@@ -151,6 +151,12 @@ def test_an_unknown_key_field_tells_to_seal(validator: TenantConfigValidator) ->
     assert err.path == "$.llm.api_key" and "soctalk keys public" in err.message
 
 
+def test_a_chart_values_key_reference_points_to_the_config_form(validator: TenantConfigValidator) -> None:
+    cfg = with_llm(apiKeyRef={"namespace": "soctalk-system", "name": "x", "key": "api_key"})
+    errors = {e.path: e.message for e in validator.errors(cfg)}
+    assert '"secretRef"' in errors["$.llm.apiKeyRef"] and "plaintext" not in errors["$.llm.apiKeyRef"]
+
+
 def test_stored_form_keeps_references_only() -> None:
     tid = uuid.uuid4()
     stored, source = stored_form(config(), tenant_id=tid, default_chart_version="v1.1.0",

@@ -91,9 +91,7 @@ def _explain(err: ValidationError) -> list[FieldError]:
     if v == "additionalProperties":
         known = set(err.schema.get("properties", {}))
         extra = sorted(k for k in inst if k not in known) if isinstance(inst, dict) else []
-        return [FieldError(f"{path}.{k}", "is not allowed (unknown property)"
-                           + ("; never send a key in plaintext: " + SEAL_HINT if is_secret_field(k) else ""))
-                for k in extra]
+        return [FieldError(f"{path}.{k}", "is not allowed (unknown property)" + _key_hint(k)) for k in extra]
     if v in ("oneOf", "anyOf"):
         return _explain_choice(err)
     return [FieldError(path, _simple(str(v), value, path))]
@@ -106,6 +104,14 @@ _TEMPLATES = {
     "maxItems": "must have at most {v} items", "uniqueItems": "must not repeat items",
     "minimum": "must be ≥ {v}", "exclusiveMinimum": "must be > {v}", "maximum": "must be ≤ {v}",
 }
+
+
+def _key_hint(name: str) -> str:
+    if not is_secret_field(name):
+        return ""
+    if name.lower().endswith(("ref", "path")):
+        return '; give the key\'s location as apiKey: {"secretRef": {...}} or {"vaultPath": "..."}'
+    return "; never send a key in plaintext: " + SEAL_HINT
 
 
 def _simple(validator: str, value: Any, path: str) -> str:
