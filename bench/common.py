@@ -1,0 +1,68 @@
+"""Shared helpers for benchmarks: servers, timing, percentiles, results file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import time
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from soctalk_common import stack
+from soctalk_common.db.migrate import upgrade_async
+
+RESULTS = Path(__file__).parent / "results"
+SCALE = os.environ.get("BENCH_SCALE", "default")
+FULL = SCALE == "full"
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"p50": round(pct(values, 50), 3), "p99": round(pct(values, 99), 3),
+            "mean": round(statistics.fmean(values), 3) if values else float("nan")}
+
+
+@asynccontextmanager
+async def servers():  # type: ignore[no-untyped-def]
+    """Fresh NATS and Postgres for one scenario (external ones when the env points at them)."""
+    with stack.nats_endpoint() as nats_url, stack.postgres_endpoint() as db_url:
+        name = f"bench_{int(time.time() * 1000)}"
+        conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://"))
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.close()
+        url = db_url.rsplit("/", 1)[0] + "/" + name
+        await upgrade_async(url)
+        yield nats_url, url
+
+
+def write_results(results: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results["meta"] = {"scale": SCALE, "at": datetime.now(UTC).isoformat(), "cpus": os.cpu_count()}
+    text = json.dumps(results, indent=2, sort_keys=True)
+    (RESULTS / "latest.json").write_text(text + "\n")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS / f"{stamp}.json"
+    path.write_text(text + "\n")
+    return path
+
+
+async def timed(coro: Any) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = await coro
+    return out, time.perf_counter() - t
+
+
+__all__ = ["asyncio", "pct", "summary", "servers", "write_results", "timed", "FULL"]

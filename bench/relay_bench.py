@@ -1,0 +1,169 @@
+"""Outbox relay vs raw JetStream publishing, and commit→publish latency at a steady rate."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from soctalk_common import events as ev
+from soctalk_common.bus import Bus
+from soctalk_common.db.session import make_engine, make_sessionmaker
+from soctalk_common.relay import OutboxRelay
+from soctalk_common.uow import UnitOfWorkFactory
+
+from bench.common import FULL, servers, summary
+
+
+def _payload() -> tuple[str, bytes]:
+    e = ev.TenantRetryRequested(tenant_id=uuid.uuid4())
+    return e.subject, e.model_dump_json().encode()
+
+
+async def raw_jetstream(bus: Bus, n: int) -> float:
+    """Baseline: nats-py JetStream async publish (pipelined, all PubAcks awaited)."""
+    _, payload = _payload()
+    # Same shape as ours: one subject per tenant, a dedupe id per message.
+    subjects = [_payload()[0] for _ in range(n)]
+    t = time.perf_counter()
+    futs = [await bus.js.publish_async(subjects[i], payload, headers={"Nats-Msg-Id": f"raw-{i}"}) for i in range(n)]
+    await asyncio.gather(*futs)
+    return n / (time.perf_counter() - t)
+
+
+async def commit_rows(database_url: str, n: int, writers: int = 8) -> float:
+    """Handlers commit outbox rows (one event per transaction, as a step does); returns commits/s."""
+    engine = make_engine(database_url, pool_size=writers)
+    uow = UnitOfWorkFactory(make_sessionmaker(engine))
+
+    async def writer(count: int) -> None:
+        for _ in range(count):
+            async with uow() as tx:
+                tx.emit(ev.TenantRetryRequested(tenant_id=uuid.uuid4()))
+                await tx.commit()
+
+    t = time.perf_counter()
+    await asyncio.gather(*(writer(n // writers) for _ in range(writers)))
+    rate = n / (time.perf_counter() - t)
+    await engine.dispose()
+    return rate
+
+
+async def relay_drain(bus: Bus, database_url: str, n: int) -> float:
+    """Ours: committed rows → PubAck'd and marked, by the relay (leader already elected)."""
+    relay = OutboxRelay(database_url, bus)
+    done = asyncio.Event()
+    relay.on_published = lambda _ids: done.set() if relay.stats.published >= n else None
+    gate = asyncio.Event()
+    original = relay._drain
+
+    async def gated(conn):  # type: ignore[no-untyped-def]
+        await gate.wait()  # hold the first drain until timing starts
+        await original(conn)
+
+    relay._drain = gated  # type: ignore[method-assign]
+    task = asyncio.create_task(relay.run())
+    while not relay.stats.leader:
+        await asyncio.sleep(0.01)
+    t = time.perf_counter()
+    gate.set()
+    await asyncio.wait_for(done.wait(), 120)
+    rate = n / (time.perf_counter() - t)
+    relay.stop()
+    await task
+    return rate
+
+
+async def latency_at_rate(nats_url: str, database_url: str, rate: int, seconds: float) -> list[float]:
+    """The relay runs as its own process (as deployed); one event is committed every 1/rate s and
+    latency = arrival on the stream (ordered consumer) − commit time, in ms."""
+    import os
+    import subprocess
+    import sys
+
+    from nats.js.api import DeliverPolicy
+
+    env = dict(os.environ, NATS_URL=nats_url, DATABASE_URL=database_url, SOCTALK_LOG_LEVEL="WARNING")
+    proc = subprocess.Popen([sys.executable, "-m", "soctalk_common.relay"], env=env)
+    try:
+        return await _measure(proc, nats_url, database_url, rate, seconds)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def _measure(proc, nats_url: str, database_url: str, rate: int, seconds: float) -> list[float]:  # type: ignore[no-untyped-def]
+    from nats.js.api import DeliverPolicy
+
+    engine = make_engine(database_url, pool_size=16)
+    uow = UnitOfWorkFactory(make_sessionmaker(engine))
+    committed: dict[str, float] = {}
+    arrived: dict[str, float] = {}
+    lat: list[float] = []
+    bus = await Bus.connect(nats_url)
+    await bus.ensure_streams()
+
+    async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
+        eid = msg.data[13:49].decode()  # {"event_id":"<uuid>" — cheap, avoids parsing in the hot path
+        now = time.perf_counter()
+        t0 = committed.pop(eid, None)
+        if t0 is not None:
+            lat.append((now - t0) * 1000)
+        else:  # arrived before the committing coroutine resumed: settle it there
+            arrived[eid] = now
+
+    sub = await bus.js.subscribe("soctalk.tenant.>", ordered_consumer=True, cb=on_msg,
+                                 deliver_policy=DeliverPolicy.NEW)
+
+    async def one() -> None:
+        e = ev.TenantRetryRequested(tenant_id=uuid.uuid4())
+        async with uow() as tx:
+            tx.emit(e)
+            await tx.commit()
+        t_commit = time.perf_counter()
+        t_arrived = arrived.pop(str(e.event_id), None)
+        if t_arrived is not None:
+            lat.append(max(0.0, t_arrived - t_commit) * 1000)
+        else:
+            committed[str(e.event_id)] = t_commit
+
+    # warm-up: the relay process is up and leading once a first event arrives
+    await one()
+    deadline = time.perf_counter() + 30
+    while committed and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+    lat.clear()
+    n = int(rate * seconds)
+    start = time.perf_counter()
+    pending = []
+    for i in range(n):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        pending.append(asyncio.create_task(one()))
+    await asyncio.gather(*pending)
+    deadline = time.perf_counter() + 30
+    while committed and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+    await sub.unsubscribe()
+    await bus.close()
+    await engine.dispose()
+    return lat
+
+
+async def run() -> dict[str, float]:
+    n = 20000 if FULL else 5000
+    async with servers() as (nats_url, database_url):
+        bus = await Bus.connect(nats_url)
+        await bus.ensure_streams()
+        raw = await raw_jetstream(bus, n)
+        commits = await commit_rows(database_url, n)
+        our = await relay_drain(bus, database_url, n)
+        await bus.close()
+    async with servers() as (nats_url, database_url):
+        lat = await latency_at_rate(nats_url, database_url, 1000, 10 if FULL else 4)
+    s = summary(lat)
+    return {"relay.raw_per_s": round(raw), "relay.ours_per_s": round(our), "relay.ratio": round(our / raw, 3),
+            "relay.handler_commits_per_s": round(commits),
+            "relay.commit_to_publish_p50_ms": s["p50"], "relay.commit_to_publish_p99_ms": s["p99"],
+            "relay.latency_samples": len(lat)}
