@@ -131,7 +131,12 @@ async def _live_tenant(ctx: Ctx[Deps], tenant_id: uuid.UUID) -> TenantView:
 async def on_tenant_accepted(event: ev.TenantAccepted, ctx: Ctx[Deps]) -> None:
     """Namespace ``tenant-<slug>`` + seed 000's inventory; a retry reads back, never regenerates."""
     d = ctx.deps
-    t = await _live_tenant(ctx, event.tenant_id)
+    t = await records.tenant_view(ctx.uow, event.tenant_id)
+    if t is None:
+        raise PermanentError(f"tenant {event.tenant_id} does not exist")
+    if t.torn_down:  # a late or replayed acceptance must not bring a decommissioned tenant's secrets back
+        log.warning("secrets.ignored", reason=f"tenant is {t.state}", slug=t.slug)
+        return
     at = d.placement(event.tenant_id, event.slug, event.mssp_id)
     if event.namespace != at.tenant_namespace or t.slug != event.slug:
         raise PermanentError(f"namespace {event.namespace} does not match tenant slug {t.slug}")
