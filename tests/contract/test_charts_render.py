@@ -234,7 +234,7 @@ def test_helm_schema_errors_are_parsed_to_json_paths() -> None:
             charts.merge_values(load(LB_SAMPLE), {"adapter": {"heartbeat": {"intervalSeconds": "often"}}}),
             namespace="tenant-acme",
         )
-    assert charts._helm_schema_errors(str(excinfo.value)) == [
+    assert charts.parse_helm_schema_errors(str(excinfo.value)) == [
         ("$.adapter.heartbeat.intervalSeconds", "got string, want integer")
     ]
 

@@ -115,7 +115,7 @@ def required_nodes(
 
 
 def json_path(path: tuple[str, ...]) -> str:
-    return charts._json_path(path)
+    return charts.json_path(path)
 
 
 def wrong_value(node: dict[str, Any]) -> Any:
@@ -487,6 +487,13 @@ def test_tenant_values_put_profile_defaults_under_the_tenant() -> None:
     assert values["resourceQuota"] == profile["defaults"]["tenant"]["resourceQuota"]
     assert values["llm"]["model"] == "gpt-4.1"
     assert values["llm"]["apiKeyRef"] == load(EXAMPLE)["llm"]["apiKeyRef"]
+
+
+def test_tenant_values_for_a_named_profile() -> None:
+    values = charts.tenant_values_for_profile("small-dev", load(EXAMPLE))
+    assert values == charts.tenant_values(load(PROFILES[1]), load(EXAMPLE))
+    with pytest.raises(FileNotFoundError):
+        charts.tenant_values_for_profile("huge-prod", load(EXAMPLE))
 
 
 def test_values_files_hold_no_secret_material() -> None:

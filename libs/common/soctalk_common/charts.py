@@ -76,10 +76,13 @@ def chart_dir(name: str) -> Path:
 
 
 def _chart_path(chart: str | Path) -> Path:
-    path = Path(chart)
-    if path.is_absolute() or (path / "Chart.yaml").is_file():
+    """A chart name (``soctalk-tenant``) is looked up under charts_root(); a Path is used as is."""
+    if isinstance(chart, Path) or "/" in chart:
+        path = Path(chart)
+        if not (path / "Chart.yaml").is_file():
+            raise FileNotFoundError(f"no Chart.yaml in {path}")
         return path
-    return chart_dir(str(chart))
+    return chart_dir(chart)
 
 
 def _yaml_file(path: Path) -> dict[str, Any]:
@@ -169,7 +172,8 @@ def tenant_values(profile: Mapping[str, Any], tenant: Mapping[str, Any]) -> dict
     return merge_values(base, tenant)
 
 
-def _json_path(parts: Iterable[Any]) -> str:
+def json_path(parts: Iterable[Any]) -> str:
+    """``["namespaceLabels", "mssp-id"]`` → ``$.namespaceLabels['mssp-id']``; ints become ``[i]``."""
     out = "$"
     for part in parts:
         if isinstance(part, int):
@@ -218,7 +222,7 @@ def _schema_errors(schema_file: Path, values: Any, prefix: Sequence[Any] = ()) -
     found: list[tuple[str, str]] = []
     for error in validator.iter_errors(values):
         for parts, message in _describe(error):
-            found.append((_json_path([*prefix, *parts]), message))
+            found.append((json_path([*prefix, *parts]), message))
     return found
 
 
@@ -232,7 +236,7 @@ def _cross_field_errors(chart_name: str, merged: Mapping[str, Any]) -> list[tupl
     found = []
     for label, key in (("tenant-id", "id"), ("mssp-id", "msspId"), ("install-id", "installId")):
         if label in labels and key in tenant and labels[label] != tenant[key]:
-            found.append((_json_path(["namespaceLabels", label]), f"must equal tenant.{key}"))
+            found.append((json_path(["namespaceLabels", label]), f"must equal tenant.{key}"))
     return found
 
 
@@ -268,14 +272,14 @@ def default_namespace(chart: str | Path, values: Mapping[str, Any]) -> str:
 _HELM_SCHEMA_LINE = re.compile(r"^- at '([^']*)': (.*)$")
 
 
-def _helm_schema_errors(message: str) -> list[tuple[str, str]]:
+def parse_helm_schema_errors(message: str) -> list[tuple[str, str]]:
     """Parse Helm's "values don't meet the specifications" message into (json_path, message)."""
     found = []
     for line in message.splitlines():
         m = _HELM_SCHEMA_LINE.match(line.strip())
         if m:
             parts = [p for p in m.group(1).split("/") if p]
-            found.append((_json_path(int(p) if p.isdigit() else p for p in parts), m.group(2)))
+            found.append((json_path(int(p) if p.isdigit() else p for p in parts), m.group(2)))
     return found or [("$", message.strip())]
 
 
@@ -300,7 +304,7 @@ def render_manifests(
                 dict(values), name=release_name or path.name, namespace=ns, is_install=True
             )
         except helm.HelmValuesError as exc:
-            raise ValidationFailed(_helm_schema_errors(str(exc))) from None
+            raise ValidationFailed(parse_helm_schema_errors(str(exc))) from None
         except helm.HelmRenderError as exc:
             raise InvalidObject(f"{path.name}: {exc}") from None
     return {
@@ -360,6 +364,12 @@ def profile_values_files(chart: str, profiles: Sequence[str] = PROFILES) -> list
             raise FileNotFoundError(f"value profile {name!r} not found at {path}")
         files.append(path)
     return files
+
+
+def tenant_values_for_profile(profile: str, tenant: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`tenant_values` with the named profile's file (``deploy/values/<profile>.yaml``)."""
+    (path,) = profile_values_files(TENANT_CHART, [profile])
+    return tenant_values(load_values_file(path), tenant)
 
 
 def _is_profile(values: Mapping[str, Any]) -> bool:
