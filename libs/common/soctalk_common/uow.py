@@ -11,7 +11,7 @@ import uuid
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -34,6 +34,7 @@ class UnitOfWork:
         self.session: AsyncSession
         self.committed = False
         self.emitted: list[ev.Event] = []
+        self._outbox: list[dict[str, Any]] = []
 
     async def __aenter__(self) -> UnitOfWork:
         self.session = self._sessionmaker()
@@ -57,10 +58,9 @@ class UnitOfWork:
     # -- writes ----------------------------------------------------------------------------------
     def emit(self, event: ev.Event, *, headers: dict[str, str] | None = None) -> None:
         """Queue an event for publication (outbox row in this transaction)."""
-        self.session.add(
-            m.Outbox(subject=event.subject, event_type=event.event_type,
-                     payload=event.model_dump_json().encode(), headers=headers)
-        )
+        # Collected and written with one multi-row INSERT at commit: cheaper than ORM objects per row.
+        self._outbox.append({"subject": event.subject, "event_type": event.event_type,
+                             "payload": event.model_dump_json().encode(), "headers": headers})
         self.emitted.append(event)
 
     def lifecycle(self, cause: ev.Event, type_: str, *, slug: str | None = None, state_from: str | None = None,
@@ -94,6 +94,9 @@ class UnitOfWork:
                 await self.session.rollback()
                 self.committed = True
                 raise AlreadyProcessed(f"{self.consumer}/{self.event_id}")
+        if self._outbox:
+            await self.session.execute(insert(m.Outbox), self._outbox)
+            self._outbox = []
         try:
             await self.session.commit()
         except IntegrityError:
