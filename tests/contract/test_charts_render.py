@@ -270,6 +270,19 @@ def test_tenant_chart_renders_no_secret(name: str) -> None:
     assert [o["kind"] for o in objs if "data" in o or "stringData" in o] in ([], ["ConfigMap"])
 
 
+def test_values_reach_no_secret_even_when_planted() -> None:
+    """A canary in every free-text value lands only in the non-sensitive ConfigMap and labels."""
+    canary = "canary-7f3a9c"
+    values = charts.merge_values(
+        load(LB_SAMPLE),
+        {"tenant": {"displayName": canary}, "branding": {"appName": canary}, "llm": {"model": canary}},
+    )
+    holders = {
+        (o["kind"], o["metadata"]["name"]) for o in charts.render_objects(TENANT, values) if canary in str(o)
+    }
+    assert holders == {("ConfigMap", "soctalk-tenant-config")}
+
+
 @pytest.mark.parametrize("name", TENANT_NAMES)
 def test_tenant_credentials_come_only_from_bootstrap_secrets(name: str) -> None:
     objs, values = objects(TENANT, name), TENANT_SETS[name]
