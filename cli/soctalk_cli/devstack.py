@@ -53,6 +53,7 @@ class DevStack:
     kubeconfig_path: str = ""
     emulated: bool = True
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
     _owned: list[object] = field(default_factory=list)
     _cluster: object | None = None
     _kubelet: object | None = None
@@ -82,7 +83,6 @@ class DevStack:
             "VAULT_TOKEN": self.vault_token, "KUBECONFIG": self.kubeconfig_path,
             "SOCTALK_DEFAULT_PROFILE": self.profile, "SOCTALK_SECRETS_BACKEND": self.secrets_backend,
             "SOCTALK_TOKEN_HASH_KEY": self._token_key, "SOCTALK_LOG_JSON": "true",
-            "SOCTALK_API_PORT": str(self.api_port), "SOCTALK_HEARTBEAT_HTTP_PORT": str(self.heartbeat_port),
             "PYTHONUNBUFFERED": "1",
         })
         env.update(self.extra_env)
@@ -130,8 +130,11 @@ class DevStack:
 
     def _spawn(self, name: str, module: str) -> None:
         log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        port = {"api": self.api_port, "heartbeat": self.heartbeat_port}.get(name) or self.ports.setdefault(
+            name, stack.free_port())
+        env = self.env() | {"SOCTALK_HTTP_PORT": str(port), "SOCTALK_SERVICE": name}
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", module], env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 

@@ -27,6 +27,20 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     console.print(f"database at {revision}")
 
 
+@app.command("serve")
+def serve(service: str = typer.Argument(..., help="provisioner|secrets|helm-runner|heartbeat|relay|api")) -> None:
+    """Run one service in the foreground (what the system chart's containers run)."""
+    import runpy
+
+    modules = {"provisioner": "soctalk_provisioner", "secrets": "soctalk_secrets",
+               "helm-runner": "soctalk_helm_runner", "heartbeat": "soctalk_heartbeat",
+               "relay": "soctalk_common.relay", "api": "soctalk_api"}
+    if service not in modules:
+        console.print(f"unknown service {service!r}; one of: {', '.join(modules)}")
+        raise typer.Exit(2)
+    runpy.run_module(modules[service], run_name="__main__", alter_sys=True)
+
+
 def _register_optional() -> None:
     """Command groups that live with their services; each registers itself here."""
     from soctalk_cli import commands

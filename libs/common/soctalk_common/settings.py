@@ -73,18 +73,20 @@ class Settings(BaseSettings):
     eso_sync_timeout_s: float = 60.0  # a vault-backend rotation waits this long for ESO to sync
 
     # HTTP API (seed 001 `auth` block)
-    api_port: int = 8080
-    heartbeat_http_port: int = 8081
     auth_mode: str = "internal"  # internal | proxy
     jwt_signing_key: str | None = None  # internal mode; from the soctalk-jwt-signing-key Secret
-    trusted_header_user: str = "X-Forwarded-User"
-    trusted_header_email: str = "X-Forwarded-Email"
-    trusted_header_groups: str = "X-Forwarded-Groups"
-    trusted_proxy_cidrs: list[str] = ["127.0.0.1/32"]
+    auth_trusted_header_user: str = "X-Forwarded-User"
+    auth_trusted_header_email: str = "X-Forwarded-Email"
+    auth_trusted_header_groups: str = "X-Forwarded-Groups"
+    auth_trusted_proxy_cidrs: str = "127.0.0.1/32"  # comma-separated, as the system chart renders it
 
     log_level: str = "INFO"
     log_json: bool = True
-    http_port: int = 0  # 0 = pick a free port (tests/dev); the chart sets a fixed one
+    http_port: int = 0  # /healthz /readyz /metrics (and the API / heartbeat endpoints); 0 = any free port
+
+    @property
+    def trusted_proxy_cidrs(self) -> list[str]:
+        return [c.strip() for c in self.auth_trusted_proxy_cidrs.split(",") if c.strip()]
 
 
 PROFILES: dict[str, dict[str, float]] = {

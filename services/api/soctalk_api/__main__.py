@@ -20,7 +20,7 @@ async def main() -> None:
     await bus.ensure_streams()
     engine = make_engine(settings.database_url, pool_size=5)
     app = create_app(ApiDeps(settings=settings, bus=bus, sessionmaker=make_sessionmaker(engine)))
-    server = uvicorn.Server(uvicorn.Config(app, host="0.0.0.0", port=settings.api_port, log_level="warning"))  # noqa: S104
+    server = uvicorn.Server(uvicorn.Config(app, host="0.0.0.0", port=settings.http_port or 8080, log_level="warning"))  # noqa: S104
     try:
         await server.serve()
     finally:

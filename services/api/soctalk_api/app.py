@@ -93,8 +93,9 @@ def create_app(deps: ApiDeps) -> FastAPI:
             if s.auth_mode == "proxy":
                 return verify_proxy(request.client.host if request.client else None,
                                     {k.lower(): v for k, v in request.headers.items()},
-                                    cidrs=s.trusted_proxy_cidrs, user_header=s.trusted_header_user,
-                                    email_header=s.trusted_header_email, groups_header=s.trusted_header_groups)
+                                    cidrs=s.trusted_proxy_cidrs, user_header=s.auth_trusted_header_user,
+                                    email_header=s.auth_trusted_header_email,
+                                    groups_header=s.auth_trusted_header_groups)
             return verify_bearer(s.jwt_signing_key, request.headers.get("authorization"))
         except AuthError as exc:
             raise HTTPException(exc.status, str(exc)) from exc
