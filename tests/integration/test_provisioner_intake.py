@@ -82,12 +82,12 @@ async def test_every_rejection_reason_names_its_json_paths(prov: Provisioner) ->
     taken = await prov.request(tenant_config("taken"))
     await prov.wait_state(taken.tenant_id, "pending")
     bad_schema = tenant_config("Bad_Slug", profile="huge")
-    del bad_schema["wazuhIngress"]
+    del bad_schema["wazuhIngress"], bad_schema["displayName"]
     cases = {
         "schema": (tenant_config("Bad_Slug", profile="huge",
                                  wazuhIngress={"mode": "x", "hostname": "h.example"}),
                    ["$.slug", "$.profile", "$.wazuhIngress.mode"]),
-        "missing": (bad_schema, ["$.profile", "$.slug", "$.wazuhIngress"]),
+        "missing": (bad_schema, ["$.displayName", "$.profile", "$.slug", "$.wazuhIngress"]),
         "slug conflict": (tenant_config("taken"), ["$.slug"]),
         "unknown chart version": (tenant_config("newer", chartVersion="v9.9.9"), ["$.chartVersion"]),
         "older chart not in the matrix": (tenant_config("older", chartVersion="v0.1.0"), ["$.chartVersion"]),

@@ -114,6 +114,16 @@ def test_each_rejection_names_its_json_path(validator: TenantConfigValidator, cf
     assert paths(validator, cfg) == expected
 
 
+def test_profile_and_backend_default_to_the_install(validator: TenantConfigValidator) -> None:
+    cfg = config()
+    del cfg["profile"], cfg["secretsBackend"]
+    assert validator.errors(cfg) == []
+    stored, _ = stored_form(cfg, tenant_id=uuid.uuid4(), default_chart_version="v1.1.0",
+                            system_namespace="soctalk-system", default_profile="small-dev",
+                            default_secrets_backend="vault")
+    assert (stored["profile"], stored["secretsBackend"]) == ("small-dev", "vault")
+
+
 def test_missing_required_fields_are_reported_each_at_its_own_path(validator: TenantConfigValidator) -> None:
     cfg = config()
     del cfg["displayName"], cfg["wazuhIngress"]

@@ -68,13 +68,14 @@ def accept(tx: UnitOfWork, event: ev.TenantRequested, deps: Deps, *, warning: st
     s, cfg = deps.settings, event.config
     state = domain.transition(State.REQUESTED, Trigger.ACCEPT)
     config, key = stored_form(cfg, tenant_id=event.tenant_id, system_namespace=s.system_namespace,
-                              default_chart_version=s.default_tenant_chart_version)
+                              default_chart_version=s.default_tenant_chart_version,
+                              default_profile=s.default_profile, default_secrets_backend=s.secrets_backend)
     now = deps.clock.now()
     tenant = m.Tenant(
         id=event.tenant_id, mssp_id=s.mssp_id, install_id=s.install_id, slug=cfg["slug"],
         request_id=event.request_id, display_name=cfg["displayName"], state=str(state),
-        profile=cfg["profile"],
-        chart_version=config["chartVersion"], secrets_backend=cfg["secretsBackend"], config=config,
+        profile=config["profile"],
+        chart_version=config["chartVersion"], secrets_backend=config["secretsBackend"], config=config,
         llm_key_source=key.model_dump(mode="json", exclude_none=True), completed_steps=[Step.VALIDATE.value],
         attempts=0, created_at=now, updated_at=now)
     tx.session.add(tenant)

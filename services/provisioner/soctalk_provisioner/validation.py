@@ -183,8 +183,11 @@ def llm_secret_name(tenant_id: uuid.UUID) -> str:
 
 
 def stored_form(config: dict[str, Any], *, tenant_id: uuid.UUID, default_chart_version: str,
-                system_namespace: str) -> tuple[dict[str, Any], ev.LlmKeySource]:
+                system_namespace: str, default_profile: str = "pilot-prod",
+                default_secrets_backend: str = "kubernetes") -> tuple[dict[str, Any], ev.LlmKeySource]:
     """(config for ``Tenant.config``, key source for ``Tenant.llm_key_source`` / ``TenantAccepted``).
+
+    Defaults are filled in from the install: ``chartVersion``, ``profile``, ``secretsBackend``.
 
     In the stored config ``llm.apiKey`` becomes ``llm.apiKeySource`` (``secretRef`` | ``vaultPath`` |
     ``sealed``) plus ``llm.apiKeyRef`` — the Secret the chart reads (seed 001 ``apiKeyRef``) — and
@@ -192,6 +195,8 @@ def stored_form(config: dict[str, Any], *, tenant_id: uuid.UUID, default_chart_v
     """
     stored = copy.deepcopy(config)
     stored.setdefault("chartVersion", default_chart_version)
+    stored.setdefault("profile", default_profile)
+    stored.setdefault("secretsBackend", default_secrets_backend)
     llm = stored["llm"]
     key = llm.pop("apiKey")
     own_secret = {"namespace": system_namespace, "name": llm_secret_name(tenant_id), "key": "api_key"}
