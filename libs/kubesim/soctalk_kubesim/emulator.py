@@ -101,8 +101,10 @@ class Fault:
 class KubeEmulator:
     """``async with KubeEmulator() as emu:`` or ``emu = KubeEmulator.start_in_thread(); emu.stop()``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, history: int = 10_000) -> None:
+        """``history``: how many past events watches can resume from (older: 410 Expired)."""
         self.host, self.port = host, port
+        self._history = history
         self.kinds = KindTable(list(BUILTIN_KINDS))
         self.requests: deque[tuple[str, str, str]] = deque(maxlen=2000)  # (method, path, content type)
         self._faults: list[Fault] = []
@@ -122,7 +124,7 @@ class KubeEmulator:
 
     async def start(self) -> KubeEmulator:
         self._loop = asyncio.get_running_loop()
-        self._store = Store(self.kinds, schedule=self._loop.call_soon)
+        self._store = Store(self.kinds, schedule=self._loop.call_soon, history=self._history)
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
@@ -356,22 +358,24 @@ class KubeEmulator:
         try:
             watcher = store.watch(kind, namespace, matches, request.query.get("resourceVersion"))
         except ApiError as error:
-            await response.prepare(request)
-            await response.write(json.dumps({"type": "ERROR", "object": error.status()}).encode() + b"\n")
+            with contextlib.suppress(ConnectionError):
+                await response.prepare(request)
+                await response.write(json.dumps({"type": "ERROR", "object": error.status()}).encode() + b"\n")
             return response
-        await response.prepare(request)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
+            await response.prepare(request)
             while (remaining := deadline - loop.time()) > 0:
                 try:
-                    event = await asyncio.wait_for(watcher.queue.get(), remaining)
+                    async with asyncio.timeout(remaining):
+                        event = await watcher.queue.get()
                 except TimeoutError:
                     break
                 if event is None:
                     break
                 await response.write(json.dumps(event).encode() + b"\n")
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:  # the client went away
             pass
         finally:
             store.unwatch(watcher)

@@ -67,13 +67,14 @@ class Watcher:
 
 
 class Store:
-    def __init__(self, kinds: KindTable, schedule: Callable[[Callable[[], None]], Any]) -> None:
+    def __init__(self, kinds: KindTable, schedule: Callable[[Callable[[], None]], Any],
+                 history: int = HISTORY) -> None:
         self.kinds = kinds
         self._schedule = schedule  # run a callback later on the store's loop
         self._objects: dict[tuple[str, str], dict[tuple[str, str], dict]] = {}
         self._applied: dict[tuple, dict[str, dict]] = {}  # server-side apply: manager -> config
         self._rv = 0
-        self._history: deque[tuple[int, tuple[str, str], str, dict]] = deque(maxlen=HISTORY)
+        self._history: deque[tuple[int, tuple[str, str], str, dict]] = deque(maxlen=history)
         self._watchers: set[Watcher] = set()
         self._ns_kind = kinds.find("", "v1", "namespaces")
         for name in ("default", "kube-system", "kube-public", "kube-node-lease"):
@@ -126,7 +127,7 @@ class Store:
             except ValueError as exc:
                 raise ApiError(400, "BadRequest", f"invalid resourceVersion {since!r}") from exc
             oldest = self._history[0][0] if self._history else self._rv + 1
-            if start < oldest - 1 and len(self._history) == HISTORY:
+            if start < oldest - 1 and len(self._history) == self._history.maxlen:
                 raise ApiError(410, "Expired", f"too old resource version: {start} ({oldest - 1})")
             for rv, hkey, event_type, obj in self._history:
                 if rv > start and hkey == key:

@@ -184,7 +184,8 @@ class HelmGateway:
         guard = self._locks.setdefault(release, asyncio.Lock()) if release else None
         if guard is not None:
             try:
-                await asyncio.wait_for(guard.acquire(), timeout)
+                async with asyncio.timeout(timeout):
+                    await guard.acquire()
             except TimeoutError as exc:
                 raise OperationInProgress(f"{what}: an earlier operation on this release is still "
                                           "running in this process", delay=10.0) from exc
@@ -212,7 +213,8 @@ class HelmGateway:
             raise
         task.add_done_callback(finished)
         try:
-            return await asyncio.wait_for(asyncio.shield(task), max(deadline - loop.time(), 0.0))
+            async with asyncio.timeout_at(deadline):
+                return await asyncio.shield(task)
         except TimeoutError as exc:
             if ctx is not None:
                 ctx.cancel()  # best effort: the SDK checks it between steps, not mid-request

@@ -546,7 +546,8 @@ class KubeGateway:
                 if remaining <= 0:
                     break
                 try:
-                    problem = await asyncio.wait_for(changed.get(), remaining)
+                    async with asyncio.timeout(remaining):
+                        problem = await changed.get()
                 except TimeoutError:
                     break
                 if problem is not None:
@@ -591,7 +592,8 @@ class KubeGateway:
                 raise self._error(response.status, await response.read(), what)
             while (remaining := deadline - loop.time()) > 0:
                 try:
-                    line = await asyncio.wait_for(response.content.readline(), remaining)
+                    async with asyncio.timeout(remaining):  # not wait_for: it can swallow a cancel
+                        line = await response.content.readline()
                 except TimeoutError:
                     return
                 if not line:
