@@ -24,7 +24,7 @@ async def apps(kubeconfig: str) -> AsyncIterator[client.AppsV1Api]:
 
 
 def make_kubelet(kubeconfig: str, **kw: object) -> SimulatedKubelet:
-    return SimulatedKubelet(lambda: new_client_from_config(kubeconfig), **kw)  # type: ignore[arg-type]
+    return SimulatedKubelet(lambda: new_client_from_config(kubeconfig), **kw)
 
 
 async def status_of(kube: KubeGateway, kind: str, name: str, namespace: str) -> dict:
