@@ -24,7 +24,7 @@ from soctalk_cli.output import (
     err_console,
     table,
 )
-from soctalk_common import commands as cmds
+from soctalk_api import commands as cmds
 from soctalk_common import events as ev
 from soctalk_common.db import models as m
 from soctalk_common.errors import ValidationFailed

@@ -19,7 +19,7 @@ import yaml
 from sqlalchemy import select
 
 from soctalk_cli.output import EXIT_FAILED, EXIT_TIMEOUT, console, err_console, table
-from soctalk_common import commands as cmds
+from soctalk_api import commands as cmds
 from soctalk_common.db import models as m
 from soctalk_common.settings import REPO_ROOT
 

@@ -98,7 +98,7 @@ def test_package_builds_both_archives(tmp_path: Path) -> None:
         assert (packed.version, packed.metadata["appVersion"]) == ("1.1.0", "v1.1.0")
         assert {d["name"]: d["version"] for d in packed.dependencies} == SEED_PINS
         assert packed.schema is not None
-        values = charts.load_values_file(REPO / "deploy/examples/tenant-acme.yaml")
+        values = charts.load_values_file(REPO / "deploy/examples/tenant-acme-values.yaml")
         from_archive = packed.render(values, name="soctalk-tenant", namespace="tenant-acme")
     from_tree = charts.render_manifests(charts.TENANT_CHART, values, namespace="tenant-acme")
     assert {k: v for k, v in from_archive.items() if not k.endswith("NOTES.txt")} == from_tree

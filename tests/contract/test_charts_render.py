@@ -23,7 +23,7 @@ TENANT, SYSTEM = charts.TENANT_CHART, charts.SYSTEM_CHART
 PROFILES = sorted((REPO / "deploy/values").glob("*.yaml"))
 SYSTEM_CI = sorted((REPO / "charts/soctalk-system/ci").glob("*-values.yaml"))
 TENANT_CI = sorted((REPO / "charts/soctalk-tenant/ci").glob("*-values.yaml"))
-EXAMPLE = REPO / "deploy/examples/tenant-acme.yaml"
+EXAMPLE = REPO / "deploy/examples/tenant-acme-values.yaml"
 LB_SAMPLE = REPO / "charts/soctalk-tenant/ci/loadbalancer-kubernetes-values.yaml"
 EDGE_SAMPLE = REPO / "charts/soctalk-tenant/ci/edge-haproxy-vault-values.yaml"
 

@@ -24,7 +24,7 @@ SYSTEM_FILES = sorted(
     [*(REPO / "deploy/values").glob("*.yaml"), *(REPO / "charts/soctalk-system/ci").glob("*-values.yaml")]
 )
 TENANT_FILES = sorted((REPO / "charts/soctalk-tenant/ci").glob("*-values.yaml"))
-EXAMPLE = REPO / "deploy/examples/tenant-acme.yaml"
+EXAMPLE = REPO / "deploy/examples/tenant-acme-values.yaml"
 PROFILES = [REPO / "deploy/values/pilot-prod.yaml", REPO / "deploy/values/small-dev.yaml"]
 
 # Every field of seed 001's drafts, as dotted paths (maps end at the map).

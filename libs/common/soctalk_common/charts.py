@@ -347,7 +347,7 @@ def deploy_dir() -> Path:
 
 
 def example_tenant_file() -> Path:
-    return deploy_dir() / "examples" / "tenant-acme.yaml"
+    return deploy_dir() / "examples" / "tenant-acme-values.yaml"
 
 
 def profile_values_files(chart: str, profiles: Sequence[str] = PROFILES) -> list[Path]:

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from soctalk_api.auth import AuthError, Principal, verify_bearer, verify_proxy
-from soctalk_common import commands
+from soctalk_api import commands
 from soctalk_common import events as ev
 from soctalk_common.bus import Bus
 from soctalk_common.db import models as m

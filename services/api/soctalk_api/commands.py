@@ -7,42 +7,26 @@ effect they cause goes through a service's transaction and the outbox.
 
 from __future__ import annotations
 
-import json
 import uuid
 from functools import lru_cache
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from soctalk_provisioner.validation import TenantConfigValidator
 
 from soctalk_common import events as ev
 from soctalk_common.bus import Bus
 from soctalk_common.errors import ValidationFailed
-from soctalk_common.settings import REPO_ROOT, SOCTALK_NS
-
-TENANT_CONFIG_SCHEMA = REPO_ROOT / "schemas" / "tenant-config.schema.json"
-
+from soctalk_common.settings import SOCTALK_NS
 
 @lru_cache(maxsize=1)
-def _validator() -> Draft202012Validator:
-    schema = json.loads(TENANT_CONFIG_SCHEMA.read_text())
-    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+def _validator() -> TenantConfigValidator:
+    return TenantConfigValidator.load()
 
 
 def validate_tenant_config(config: Any, *, prefix: str = "$") -> list[tuple[str, str]]:
-    """JSON-Schema errors as ``(json_path, message)``; empty when valid. Same schema as the provisioner."""
-    errors = []
-    for err in sorted(_validator().iter_errors(config), key=lambda e: list(e.absolute_path)):
-        path = prefix + err.json_path[1:]
-        errors.append((path, _message(err)))
-    return errors
-
-
-def _message(err: Any) -> str:
-    # jsonschema echoes the offending instance; for a key that may hold material, do not.
-    if err.validator in ("pattern", "const", "enum", "format", "type") and isinstance(err.instance, str):
-        return f"{err.validator} check failed ({err.validator_value!r})" if err.validator != "type" else (
-            f"expected {err.validator_value}")
-    return str(err.message)[:300]
+    """The provisioner's own validation (schema + semantic rules), so the API refuses exactly what the
+    provisioner would; messages never echo the offending value. Paths are re-rooted at ``prefix``."""
+    return [(prefix + e.path[1:], e.message) for e in _validator().errors(config)]
 
 
 def tenant_id_for(request_id: str) -> uuid.UUID:
