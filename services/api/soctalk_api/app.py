@@ -73,10 +73,28 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out
 
 
+async def principal(request: Request) -> Principal:
+    """Who is calling, per the install's auth mode (seed 001 ``auth`` block)."""
+    s: Settings = request.app.state.deps.settings
+    try:
+        if s.auth_mode == "proxy":
+            return verify_proxy(request.client.host if request.client else None,
+                                {k.lower(): v for k, v in request.headers.items()},
+                                cidrs=s.trusted_proxy_cidrs, user_header=s.auth_trusted_header_user,
+                                email_header=s.auth_trusted_header_email,
+                                groups_header=s.auth_trusted_header_groups)
+        return verify_bearer(s.jwt_signing_key, request.headers.get("authorization"))
+    except AuthError as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
+
+
+Auth = Annotated[Principal, Depends(principal)]
+
+
 def create_app(deps: ApiDeps) -> FastAPI:
     app = FastAPI(title="SocTalk MSSP API", version="1.1.0",
                   description="Tenant onboarding and lifecycle for the SocTalk control plane.")
-    s = deps.settings
+    app.state.deps = deps
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -87,20 +105,6 @@ def create_app(deps: ApiDeps) -> FastAPI:
     async def _failed(_: Request, exc: ValidationFailed) -> JSONResponse:
         errors = [{"path": p, "message": msg} for p, msg in exc.errors]
         return JSONResponse({"error": "invalid tenant config", "errors": errors}, status_code=422)
-
-    async def principal(request: Request) -> Principal:
-        try:
-            if s.auth_mode == "proxy":
-                return verify_proxy(request.client.host if request.client else None,
-                                    {k.lower(): v for k, v in request.headers.items()},
-                                    cidrs=s.trusted_proxy_cidrs, user_header=s.auth_trusted_header_user,
-                                    email_header=s.auth_trusted_header_email,
-                                    groups_header=s.auth_trusted_header_groups)
-            return verify_bearer(s.jwt_signing_key, request.headers.get("authorization"))
-        except AuthError as exc:
-            raise HTTPException(exc.status, str(exc)) from exc
-
-    Auth = Annotated[Principal, Depends(principal)]
 
     async def tenant_or_404(tenant_id: uuid.UUID) -> m.Tenant:
         async with deps.sessionmaker() as session:
