@@ -157,8 +157,8 @@ async def test_rerun_after_a_crash_mid_inventory_regenerates_nothing(uow, kube: 
 
 
 async def test_copies_follow_a_regenerated_source(uow, kube: KubeGateway) -> None:
-    """The namespace went with a failed install: its Secrets are regenerated, and the copies in
-    soctalk-system re-synced to them (same label)."""
+    """A Secret lost (with its namespace) is regenerated as the next version, and its copy in
+    soctalk-system is re-synced to it; the older references are retired."""
     deps = await h.make_deps(uow, kube)
     tenant = await h.add_tenant(uow)
     await h.handle(handlers.on_tenant_accepted, h.accepted(tenant), deps, uow)
@@ -168,9 +168,14 @@ async def test_copies_follow_a_regenerated_source(uow, kube: KubeGateway) -> Non
     await h.handle(handlers.on_tenant_accepted, h.accepted(tenant, resume=True), deps, uow)
     new = await snapshot(kube, tenant)
     assert new["wazuh-bootstrap"][1]["admin_password"] != old["wazuh-bootstrap"][1]["admin_password"]
-    assert new["wazuh"] == ("v1", {"api_username": "admin",
+    assert new["wazuh-bootstrap"][0] == "v2"
+    assert new["wazuh"] == ("v2", {"api_username": "admin",
                                    "api_password": new["wazuh-bootstrap"][1]["admin_password"]})
     assert new["cortex-bootstrap"] == old["cortex-bootstrap"]
+    status = {(r.name, r.version_label): r.status for r in await h.secret_rows(uow, tenant.id)}
+    for name in ("wazuh-bootstrap", f"tenant-{tenant.id}-wazuh"):
+        assert (status[(name, "v1")], status[(name, "v2")]) == ("retired", "active")
+    assert status[("cortex-bootstrap", "v1")] == "active"
 
 
 async def test_an_llm_secret_ref_is_referenced_not_copied(uow, kube: KubeGateway) -> None:

@@ -143,22 +143,30 @@ async def on_tenant_accepted(event: ev.TenantAccepted, ctx: Ctx[Deps]) -> None:
     llm = _llm(d, at, event.llm_key)
     labels = namespace_labels(tenant_id=event.tenant_id, mssp_id=event.mssp_id, install_id=event.install_id)
     await d.kube.ensure_namespace(at.tenant_namespace, labels)
-    done = await steps.provision(d, at, backend=event.secrets_backend, llm=llm)
+    known = records.latest_labels(await records.references(ctx.uow, t.id, statuses=records.ANY_STATUS))
+    done = await steps.provision(d, at, backend=event.secrets_backend, llm=llm, known=known)
     async with ctx.uow() as tx:
-        tenant = await tx.tenant(event.tenant_id)
-        assert tenant is not None
-        _audit(tx, event, "write", await records.record_references(tx, event.tenant_id, done.references))
-        await records.record_tokens(tx, done.tokens)
-        if isinstance(llm, LlmSealed) and tenant.llm_key_source is not None:
-            tenant.llm_key_source = None  # the ciphertext did its job: tenant-<id>-llm holds the key
-        tx.emit(event.caused(ev.SecretsReady, namespace=at.tenant_namespace,
-                             references=[event_ref(r) for r in done.references]))
-        tx.lifecycle(event, "SecretsReady", slug=event.slug, step="secrets",
-                     message=f"{len(done.created)} secrets written, {len(done.reused)} already present",
-                     details={"backend": event.secrets_backend, "created": done.created,
-                              "reused": done.reused})
+        await _record_provisioning(tx, event, done, sealed=isinstance(llm, LlmSealed), d=d)
         await tx.commit()
     log.info("secrets.ready", slug=event.slug, created=done.created, reused=done.reused)
+
+
+async def _record_provisioning(tx: UnitOfWork, event: ev.TenantAccepted, done: steps.Provisioned, *,
+                               sealed: bool, d: Deps) -> None:
+    tenant = await tx.tenant(event.tenant_id)
+    assert tenant is not None
+    _audit(tx, event, "write", await records.record_references(tx, tenant.id, done.references))
+    # A Secret recreated after it was lost is a new version: older references of it are retired.
+    _audit(tx, event, "retire", await records.supersede(tx, tenant.id, done.created, done.references,
+                                                        now=d.clock.now(), retiring=False))
+    await records.record_tokens(tx, done.tokens)
+    if sealed and tenant.llm_key_source is not None:
+        tenant.llm_key_source = None  # the ciphertext did its job: tenant-<id>-llm holds the key
+    tx.emit(event.caused(ev.SecretsReady, namespace=f"tenant-{event.slug}",
+                         references=[event_ref(r) for r in done.references]))
+    tx.lifecycle(event, "SecretsReady", slug=event.slug, step="secrets",
+                 message=f"{len(done.created)} secrets written, {len(done.reused)} already present",
+                 details={"backend": event.secrets_backend, "created": done.created, "reused": done.reused})
 
 
 @reports_failure(lambda e: f"rotate-{e.service}", lifecycle="SecretRotationFailed")

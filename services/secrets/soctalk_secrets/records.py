@@ -29,6 +29,7 @@ from soctalk_secrets.domain import (
 #: Tenant states in which the tenant is being (or has been) taken down: a ChartRemoved then means
 #: "decommission cleanup", not "undo a failed install" (whose secrets a retry will reuse).
 TEARDOWN_STATES = frozenset({"decommissioning", "decommissioned", "purged"})
+ANY_STATUS = ("active", "retiring", "retired")
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,17 @@ async def all_references(tx: UnitOfWork, tenant_id: uuid.UUID, purpose: str) -> 
 
 def current_label(refs: Iterable[SecretRef], purpose: str) -> str | None:
     return latest_version_label(r.version_label for r in refs if r.purpose == purpose)
+
+
+def latest_labels(refs: Iterable[SecretRef]) -> dict[str, str]:
+    """The highest version label recorded per purpose."""
+    refs = list(refs)
+    out = {}
+    for purpose in {r.purpose for r in refs}:
+        label = current_label(refs, purpose)
+        if label is not None:
+            out[purpose] = label
+    return out
 
 
 async def record_references(tx: UnitOfWork, tenant_id: uuid.UUID,

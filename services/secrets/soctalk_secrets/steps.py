@@ -18,10 +18,11 @@ record in one transaction. Material is registered with :mod:`soctalk_secrets.mat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from soctalk_common.errors import NotFound, PermanentError
+import structlog
+from soctalk_common.errors import Forbidden, NotFound, PermanentError
 from soctalk_common.gateways.vault import eso_reader_policy_name, vault_policies
 from soctalk_common.sealing import unseal
 
@@ -48,6 +49,8 @@ from soctalk_secrets.domain import (
 from soctalk_secrets.material import hold
 from soctalk_secrets.stores import Make, Placement, SecretStore, Stored, label_of, remote_key_of
 
+log = structlog.get_logger(__name__)
+
 LLM = "llm"
 ADAPTER = "adapter-token"
 
@@ -73,19 +76,26 @@ class Rotated:
 # --------------------------------------------------------------------------------------------------
 
 
-async def provision(d: Deps, at: Placement, *, backend: str, llm: LlmSource | None) -> Provisioned:
-    """Ensure the whole inventory for one tenant (its namespace must exist)."""
+async def provision(d: Deps, at: Placement, *, backend: str, llm: LlmSource | None,
+                    known: Mapping[str, str] | None = None) -> Provisioned:
+    """Ensure the whole inventory for one tenant (its namespace must exist).
+
+    ``known`` maps purposes to the latest version label ever recorded: a Secret that has to be
+    created although it was recorded before (lost with its namespace) gets the next label, so labels
+    never repeat for different material."""
+    known = known or {}
     store = d.store(backend)
     material: dict[str, dict[str, str]] = {}
     out = Provisioned()
     for s in INVENTORY:
         if s.purpose == LLM:
-            refs, created = await _provision_llm(d, store, at, llm)
+            refs, created = await _provision_llm(d, store, at, llm, _fresh_label(known, LLM))
             out.references += refs
             if refs:
                 (out.created if created else out.reused).append(LLM)
             continue
-        stored = await store.ensure(at, s.purpose, _generator(s.purpose, material))
+        make = _generator(s.purpose, material)
+        stored = await store.ensure(at, s.purpose, make, _fresh_label(known, s.purpose))
         stored = await _resync_copy(store, at, s.purpose, stored, material)
         hold(stored.data.values())
         material[s.purpose] = stored.data
@@ -100,6 +110,10 @@ async def provision(d: Deps, at: Placement, *, backend: str, llm: LlmSource | No
     return out
 
 
+def _fresh_label(known: Mapping[str, str], purpose: str) -> str:
+    return next_version_label(known[purpose]) if purpose in known else INITIAL_VERSION_LABEL
+
+
 def _generator(purpose: str, linked: dict[str, dict[str, str]]) -> Make:
     async def make() -> dict[str, str]:
         data = generate(purpose, linked=linked)
@@ -111,13 +125,14 @@ def _generator(purpose: str, linked: dict[str, dict[str, str]]) -> Make:
 
 async def _resync_copy(store: SecretStore, at: Placement, purpose: str, stored: Stored,
                        material: dict[str, dict[str, str]]) -> Stored:
-    """A copy (``tenant-<id>-wazuh``) must equal its source; after a source was regenerated (its
-    namespace was deleted with a failed install), rewrite the copy under its current label."""
+    """A copy (``tenant-<id>-wazuh``) must equal its source; after a source was regenerated (lost
+    with its namespace), the copy is rewritten as a new version."""
     expected = expected_copies(purpose, material)
     if expected is None or stored.created or expected == stored.data:
         return stored
-    await store.write(at, purpose, expected, version_label=stored.version_label)
-    return Stored(expected, stored.version_label, created=True)
+    label = next_version_label(stored.version_label)
+    await store.write(at, purpose, expected, version_label=label)
+    return Stored(expected, label, created=True)
 
 
 def _token_record(d: Deps, at: Placement, stored: Stored) -> AdapterTokenRecord:
@@ -127,8 +142,8 @@ def _token_record(d: Deps, at: Placement, stored: Stored) -> AdapterTokenRecord:
                               version_label=stored.version_label)
 
 
-async def _provision_llm(d: Deps, store: SecretStore, at: Placement,
-                         llm: LlmSource | None) -> tuple[list[SecretRef], bool]:
+async def _provision_llm(d: Deps, store: SecretStore, at: Placement, llm: LlmSource | None,
+                         label: str) -> tuple[list[SecretRef], bool]:
     """``(references, written)``. A sealed key is opened only if ``tenant-<id>-llm`` does not exist yet."""
     if isinstance(llm, LlmSecretRef):
         return [await _llm_secret_ref(d, llm, INITIAL_VERSION_LABEL)], False
@@ -136,7 +151,7 @@ async def _provision_llm(d: Deps, store: SecretStore, at: Placement,
         return [await _llm_vault_ref(d, at, llm, None)], False
     if llm is None and await store.read(at, LLM) is None:
         return [], False  # no key configured (and none stored by an earlier run)
-    stored = await store.ensure(at, LLM, _opener(d, llm))
+    stored = await store.ensure(at, LLM, _opener(d, llm), label)
     hold(stored.data.values())
     return at.references(store.backend, LLM, stored.version_label), stored.created
 
@@ -288,8 +303,13 @@ async def remove(d: Deps, at: Placement, *, backend: str, refs: list[SecretRef])
     for s in INVENTORY:
         if mine(s.purpose) and await kube_store.remove(at, s.purpose):
             removed.append(f"Secret {at.namespace(s.purpose)}/{at.name(s.purpose)}")
-    for rec in await d.kube.list_secrets(at.system_namespace, f"{TENANT_ID_LABEL}={at.tenant_id}"):
-        await d.kube.delete_secret(rec.namespace, rec.name)  # anything else labelled as this tenant's
+    try:  # anything else labelled as this tenant's (needs `list` on Secrets in the system namespace)
+        leftovers = await d.kube.list_secrets(at.system_namespace, f"{TENANT_ID_LABEL}={at.tenant_id}")
+    except Forbidden:
+        log.warning("secrets.sweep_skipped", reason="no permission to list Secrets in the system namespace")
+        leftovers = []
+    for rec in leftovers:
+        await d.kube.delete_secret(rec.namespace, rec.name)
         removed.append(f"Secret {rec.namespace}/{rec.name}")
     removed += await _remove_vault_tree(d, at, needed=backend == "vault" or any(
         r.backend == "vault" and r.path is not None and f"/{at.vault_tree}/" in r.path for r in refs))

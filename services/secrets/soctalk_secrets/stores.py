@@ -12,8 +12,8 @@ What callers can rely on (both stores):
 
 * ``ensure`` is idempotent by postcondition: if the secret exists it is read back and returned
   (``created=False``) and ``make`` is never called, so a retry never regenerates; otherwise ``make()``
-  is written at ``v1``. A concurrent writer that wins the race is detected (409 / check-and-set) and
-  its value is read back.
+  is written at ``label`` (``v1``, or the next label when a lost secret is recreated). A
+  concurrent writer that wins the race is detected (409 / check-and-set) and its value is read back.
 * ``write`` replaces the material with a new version label (creating the secret if it is missing).
 * ``verify`` reads back and raises ``TemporaryError`` until the stored label and values are the
   expected ones (for Vault, until ESO has synced the labelled version into the cluster).
@@ -120,7 +120,8 @@ Data = Mapping[str, str]
 class SecretStore(Protocol):
     backend: Backend
 
-    async def ensure(self, at: Placement, purpose: str, make: Make) -> Stored: ...
+    async def ensure(self, at: Placement, purpose: str, make: Make,
+                     label: str = INITIAL_VERSION_LABEL) -> Stored: ...
     async def read(self, at: Placement, purpose: str) -> Stored | None: ...
     async def write(self, at: Placement, purpose: str, data: Data, *, version_label: str) -> None: ...
     async def verify(self, at: Placement, purpose: str, data: Data, *, version_label: str) -> None: ...
@@ -154,15 +155,16 @@ class KubernetesStore:
     def __init__(self, kube: KubePort) -> None:
         self.kube = kube
 
-    async def ensure(self, at: Placement, purpose: str, make: Make) -> Stored:
+    async def ensure(self, at: Placement, purpose: str, make: Make,
+                     label: str = INITIAL_VERSION_LABEL) -> Stored:
         ns, name = at.namespace(purpose), at.name(purpose)
         rec = await self.kube.read_secret(ns, name)
         if rec is None:
             data = await make()
             try:
                 await self.kube.create_secret(ns, name, data, labels=secret_labels(at.tenant_id, purpose),
-                                              version_label=INITIAL_VERSION_LABEL)
-                return Stored(data, INITIAL_VERSION_LABEL, created=True)
+                                              version_label=label)
+                return Stored(data, label, created=True)
             except Conflict:  # another delivery / replica wrote it first: theirs is the material
                 rec = await self.kube.read_secret(ns, name)
                 if rec is None:
@@ -298,14 +300,15 @@ class VaultStore:
                              purpose=purpose, remote_key=at.vault_path(purpose),
                              properties={k: k for k in keys}, version_label=label)
 
-    async def ensure(self, at: Placement, purpose: str, make: Make) -> Stored:
+    async def ensure(self, at: Placement, purpose: str, make: Make,
+                     label: str = INITIAL_VERSION_LABEL) -> Stored:
         path = at.vault_path(purpose)
         current = await self.vault.kv_read(path)
         if current is None:
             data = await make()
             try:
-                await self.vault.kv_write(path, {**data, VAULT_VERSION_KEY: INITIAL_VERSION_LABEL}, cas=0)
-                stored = Stored(data, INITIAL_VERSION_LABEL, created=True)
+                await self.vault.kv_write(path, {**data, VAULT_VERSION_KEY: label}, cas=0)
+                stored = Stored(data, label, created=True)
             except Conflict:  # written concurrently: read theirs back
                 current = await self.vault.kv_read(path)
                 if current is None:
