@@ -18,6 +18,7 @@ from soctalk_common.gateways.kube import KubeGateway
 from soctalk_kubesim import SimulatedKubelet
 
 from tests.contract.conftest import MINI_CHART, unique
+from tests.contract.test_kube_gateway import NEVER_PULLS
 
 
 async def release_records(kube: KubeGateway, namespace: str, release: str) -> list:
@@ -165,8 +166,9 @@ async def test_failed_upgrade_is_rolled_back(
     await helm.install(release, MINI_CHART, namespace, {"greeting": "good"})
     assert (await kube.wait_ready(namespace, deadline=loop.time() + 30)).ready
 
-    kubelet.fail(f"{namespace}/{release}-web")
-    await helm.upgrade(release, MINI_CHART, namespace, {"greeting": "bad"})
+    kubelet.fail(f"{namespace}/{release}-web")  # and, for clusters with nodes, a real failure:
+    await helm.upgrade(release, MINI_CHART, namespace,
+                       {"greeting": "bad", "image": NEVER_PULLS, "progressDeadlineSeconds": 1})
     report = await kube.wait_ready(namespace, deadline=loop.time() + 30)
     assert [w.name for w in report.failing] == [f"{release}-web"]
 

@@ -12,39 +12,43 @@ from soctalk_kubesim import SimulatedKubelet
 from tests.contract.conftest import unique
 from tests.support.waiting import eventually
 
-# An image no registry serves: on a real cluster these pods never start, so readiness only ever
-# comes from the simulated kubelet (or never, where a test wants that).
+# Workloads meant to become ready run images that really start on clusters with nodes (elsewhere
+# the simulated kubelet makes them ready); workloads meant to stay unready use an image no
+# registry serves.
+PAUSE = "registry.k8s.io/pause:3.10"
+JOB_IMAGE = "registry.k8s.io/e2e-test-images/busybox:1.36.1-1"
 NEVER_PULLS = "registry.invalid/soctalk/none:0"
 
 
-def deployment(namespace: str, name: str, replicas: int = 1, **spec: object) -> dict:
+def deployment(namespace: str, name: str, replicas: int = 1, image: str = PAUSE, **spec: object) -> dict:
     labels = {"app": name}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace, "labels": {"soctalk.io/test": "contract"}},
         "spec": {"replicas": replicas, "selector": {"matchLabels": labels}, **spec,
                  "template": {"metadata": {"labels": labels},
-                              "spec": {"containers": [{"name": "main", "image": NEVER_PULLS}]}}},
+                              "spec": {"containers": [{"name": "main", "image": image}]}}},
     }
 
 
-def statefulset(namespace: str, name: str) -> dict:
+def statefulset(namespace: str, name: str, image: str = PAUSE) -> dict:
     labels = {"app": name}
     return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": {"name": name, "namespace": namespace, "labels": {"soctalk.io/test": "contract"}},
         "spec": {"replicas": 1, "serviceName": name, "selector": {"matchLabels": labels},
                  "template": {"metadata": {"labels": labels},
-                              "spec": {"containers": [{"name": "main", "image": NEVER_PULLS}]}}},
+                              "spec": {"containers": [{"name": "main", "image": image}]}}},
     }
 
 
-def job(namespace: str, name: str) -> dict:
+def job(namespace: str, name: str, image: str = JOB_IMAGE) -> dict:
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "namespace": namespace, "labels": {"soctalk.io/test": "contract"}},
         "spec": {"backoffLimit": 0, "template": {"spec": {
-            "restartPolicy": "Never", "containers": [{"name": "main", "image": NEVER_PULLS}]}}},
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": image, "command": ["true"]}]}}},
     }
 
 
@@ -213,7 +217,7 @@ async def test_wait_ready_follows_the_kubelet(kube: KubeGateway, namespace: str,
 
 
 async def test_wait_ready_stops_at_the_deadline(kube: KubeGateway, namespace: str) -> None:
-    await kube.apply(deployment(namespace, "stuck"))
+    await kube.apply(deployment(namespace, "stuck", image=NEVER_PULLS))
     loop = asyncio.get_running_loop()
     started = loop.time()
     report = await kube.wait_ready(namespace, deadline=started + 0.5)
@@ -228,7 +232,7 @@ async def test_wait_ready_returns_early_when_a_workload_fails(
         kube: KubeGateway, namespace: str, kubelet: SimulatedKubelet) -> None:
     kubelet.fail(f"{namespace}/broken")
     # progressDeadlineSeconds: 1 lets a real deployment controller reach the same verdict.
-    await kube.apply(deployment(namespace, "broken", progressDeadlineSeconds=1))
+    await kube.apply(deployment(namespace, "broken", image=NEVER_PULLS, progressDeadlineSeconds=1))
     await kube.apply(deployment(namespace, "fine"))
     loop = asyncio.get_running_loop()
     started = loop.time()

@@ -1,4 +1,9 @@
-"""SimulatedKubelet against the suite's cluster (emulator, or a real API server)."""
+"""SimulatedKubelet against the suite's cluster (emulator, or a real API server).
+
+Written for clusters where nothing else runs pods (the emulator, an API server alone, a control
+plane without nodes). Workloads meant to fail also use an image that cannot be pulled and a 1 s
+progress deadline, so a cluster with real nodes reaches the same verdicts.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from soctalk_common.gateways.kube import KubeGateway
 from soctalk_kubesim import SimulatedKubelet
 
 from tests.contract.conftest import unique
-from tests.contract.test_kube_gateway import deployment, job, statefulset
+from tests.contract.test_kube_gateway import NEVER_PULLS, PAUSE, deployment, job, statefulset
 from tests.support.waiting import eventually
 
 
@@ -59,7 +64,7 @@ async def test_leaves_other_namespaces_alone(kube: KubeGateway, kubelet: Simulat
     other = unique("ct-plain")  # not tenant-*
     await kube.ensure_namespace(other, {"soctalk.io/test": "contract"})
     try:
-        await kube.apply(deployment(other, "web"))
+        await kube.apply(deployment(other, "web", image=NEVER_PULLS))
         tenant_ns = unique("tenant-ct")
         await kube.ensure_namespace(tenant_ns, {"soctalk.io/test": "contract"})
         try:
@@ -79,9 +84,9 @@ async def test_failing_workloads_fail_the_way_real_ones_do(
         kube: KubeGateway, namespace: str, kubeconfig: str) -> None:
     failing = {f"{namespace}/web", f"{namespace}/migrate", f"{namespace}/db"}
     async with make_kubelet(kubeconfig, failing=failing) as sim:
-        await kube.apply(deployment(namespace, "web"))
-        await kube.apply(job(namespace, "migrate"))
-        await kube.apply(statefulset(namespace, "db"))
+        await kube.apply(deployment(namespace, "web", image=NEVER_PULLS, progressDeadlineSeconds=1))
+        await kube.apply(job(namespace, "migrate", image=NEVER_PULLS))
+        await kube.apply(statefulset(namespace, "db", image=NEVER_PULLS))
         loop = asyncio.get_running_loop()
         report = await kube.wait_ready(namespace, deadline=loop.time() + 20)  # returns at the first
         assert not report.ready and {w.name for w in report.failing} <= {"web", "migrate"}
@@ -92,8 +97,9 @@ async def test_failing_workloads_fail_the_way_real_ones_do(
         assert db.get("readyReplicas", 0) == 0
 
         sim.heal(f"{namespace}/web")
-        sim.heal(f"{namespace}/db")
+        await kube.apply(deployment(namespace, "web"))  # fixed: an image that starts
         await kube.delete("batch/v1", "Job", "migrate", namespace)
+        await kube.delete("apps/v1", "StatefulSet", "db", namespace)
         # wait_ready would return at once on the still-failing snapshot; the heal lands right after.
         await eventually(lambda: _ready(kube, namespace), what="healed workloads ready")
 
@@ -138,3 +144,30 @@ async def test_spec_changes_wait_for_the_delay_again(
         report = await kube.wait_ready(namespace, deadline=loop.time() + 20)
         assert report.ready and report.workloads[0].reason == "2/2 replicas available"
         assert sim.patched == before + 1
+
+
+async def _pod_ready(kube: KubeGateway, namespace: str, name: str) -> bool:
+    pod = await kube.get("v1", "Pod", name, namespace)
+    conditions = {c["type"]: c["status"] for c in ((pod or {}).get("status") or {}).get("conditions") or []}
+    return bool(pod) and pod["status"].get("phase") == "Running" and conditions.get("Ready") == "True"
+
+
+async def test_marks_unscheduled_pods_of_its_workloads_ready(
+        kube: KubeGateway, namespace: str, kubelet: SimulatedKubelet) -> None:
+    # A StatefulSet that manages nothing itself (0 replicas) owns, without controlling, one pod.
+    owner = await kube.apply({**statefulset(namespace, "db"), "spec": {
+        **statefulset(namespace, "db")["spec"], "replicas": 0}})
+    ref = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": owner["metadata"]["uid"],
+           "controller": False}
+
+    def pod(name: str, **spec: object) -> dict:
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": namespace, "ownerReferences": [ref],
+                             "labels": {"app": "db-manual"}},
+                "spec": {"containers": [{"name": "main", "image": PAUSE}], **spec}}
+
+    await kube.apply(pod("bound", nodeName="soctalk-no-such-node"))  # a real kubelet's business
+    await kube.apply(pod("unscheduled"))
+    await eventually(lambda: _pod_ready(kube, namespace, "unscheduled"), what="pod marked ready")
+    bound = await kube.get("v1", "Pod", "bound", namespace)
+    assert bound is None or (bound.get("status") or {}).get("phase") != "Running"

@@ -16,9 +16,12 @@ gets the failure shape instead: a Deployment with zero available replicas and
 ``Progressing=False/ProgressDeadlineExceeded``, a StatefulSet with zero ready replicas, a Job with
 ``Failed=True/BackoffLimitExceeded``.
 
-If something else rewrites the status (a real controller-manager recomputing it from pods that
-never run), the kubelet re-asserts it with a growing pause (up to 5 s) rather than fighting in a
-tight loop; on such clusters readiness can flap, so prefer an API server without controllers.
+On an API server that also runs a controller-manager but has no nodes, those controllers derive
+workload status from pods that never start. So the kubelet also acts on *unscheduled* pods
+(``spec.nodeName`` empty; pods a real kubelet owns are never touched) of the workloads it manages:
+it marks them Running and Ready (Succeeded for Jobs), unless their workload is failing, and the
+real controllers then reach the same verdict. Should a controller still rewrite a workload's status,
+the kubelet re-asserts it with a growing pause (up to 5 s) instead of fighting in a tight loop.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ from kubernetes_asyncio import client
 log = logging.getLogger(__name__)
 
 ApiClientFactory = Callable[[], "client.ApiClient | Awaitable[client.ApiClient]"]
-_PATHS = {"Deployment": "/apis/apps/v1", "StatefulSet": "/apis/apps/v1", "Job": "/apis/batch/v1"}
-_PLURALS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "Job": "jobs"}
+_PATHS = {"Deployment": "/apis/apps/v1", "StatefulSet": "/apis/apps/v1", "Job": "/apis/batch/v1",
+          "Pod": "/api/v1"}
+_PLURALS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "Job": "jobs", "Pod": "pods"}
 _MAX_PAUSE = 5.0
 
 
@@ -90,6 +94,36 @@ def desired_status(obj: dict, failing: bool) -> dict:
     return status
 
 
+def pod_owner(pod: dict) -> tuple[str, str] | None:
+    """``(kind, name)`` of the workload that owns ``pod`` (through its ReplicaSet for Deployments)."""
+    for ref in pod["metadata"].get("ownerReferences") or []:
+        if ref.get("kind") in ("StatefulSet", "Job"):
+            return ref["kind"], ref["name"]
+        if ref.get("kind") == "ReplicaSet":
+            suffix = (pod["metadata"].get("labels") or {}).get("pod-template-hash", "")
+            name = ref["name"]
+            if suffix and name.endswith(f"-{suffix}"):
+                name = name[: -len(suffix) - 1]
+            return "Deployment", name
+    return None
+
+
+def pod_status(pod: dict, owner_kind: str) -> dict | None:
+    """The status to write for an unscheduled pod, or None if it needs nothing."""
+    if (pod.get("spec") or {}).get("nodeName"):
+        return None  # a real kubelet owns it
+    status = pod.get("status") or {}
+    if owner_kind == "Job":
+        if status.get("phase") == "Succeeded":
+            return None
+        return {"phase": "Succeeded", "conditions": [_cond("PodScheduled", True, "Simulated")]}
+    ready = {c.get("type"): c.get("status") for c in status.get("conditions") or []}.get("Ready")
+    if status.get("phase") == "Running" and ready == "True":
+        return None
+    return {"phase": "Running", "startTime": _now(), "conditions": [
+        _cond(t, True, "Simulated") for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]}
+
+
 def in_desired_state(obj: dict, failing: bool) -> bool:
     kind, status = obj["kind"], obj.get("status") or {}
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
@@ -119,7 +153,8 @@ class SimulatedKubelet:
         self._pause: dict[tuple[str, str, str], float] = {}
         self._seen: dict[tuple[str, str, str], dict] = {}
         self._patches: set[asyncio.Task] = set()
-        self.patched = 0  # status writes so far (for tests and the demo's log)
+        self.patched = 0  # workload status writes so far (for tests and the demo's log)
+        self.pods_marked = 0  # unscheduled pods marked Ready / Succeeded
 
     async def start(self) -> SimulatedKubelet:
         api = self._factory()
@@ -159,7 +194,8 @@ class SimulatedKubelet:
 
     def _reconsider(self, ref: str) -> None:
         for key, obj in list(self._seen.items()):
-            if f"{key[1]}/{key[2]}" == ref:
+            owner = pod_owner(obj) if key[0] == "Pod" else (key[0], key[2])
+            if owner and f"{key[1]}/{owner[1]}" == ref:
                 self._scheduled.pop(key, None)
                 self._handle(obj)
 
@@ -234,6 +270,9 @@ class SimulatedKubelet:
         key = self._key(obj)
         if not key[1].startswith(self.namespace_prefix) or obj["metadata"].get("deletionTimestamp"):
             return
+        if obj["kind"] == "Pod":
+            self._handle_pod(obj)
+            return
         self._seen[key] = obj
         failing = f"{key[1]}/{key[2]}" in self.failing
         if in_desired_state(obj, failing):
@@ -254,6 +293,16 @@ class SimulatedKubelet:
             old.cancel()
         self._timers[key] = loop.call_later(delay, self._fire, key)
 
+    def _handle_pod(self, pod: dict) -> None:
+        key = self._key(pod)
+        self._seen[key] = pod
+        owner = pod_owner(pod)
+        if owner is None or f"{key[1]}/{owner[1]}" in self.failing:
+            return
+        if pod_status(pod, owner[0]) is None or key in self._timers:
+            return
+        self._timers[key] = asyncio.get_running_loop().call_later(self.delay, self._fire, key)
+
     def _fire(self, key: tuple[str, str, str]) -> None:
         self._timers.pop(key, None)
         obj = self._seen.get(key)
@@ -265,12 +314,20 @@ class SimulatedKubelet:
 
     async def _patch(self, obj: dict) -> None:
         kind, namespace, name = self._key(obj)
-        failing = f"{namespace}/{name}" in self.failing
+        if kind == "Pod":
+            owner = pod_owner(obj)
+            status = pod_status(obj, owner[0]) if owner else None
+            if status is None:
+                return
+        else:
+            status = desired_status(obj, f"{namespace}/{name}" in self.failing)
         path = f"{_PATHS[kind]}/namespaces/{namespace}/{_PLURALS[kind]}/{name}/status"
         with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-            response = await self._request("PATCH", path, body={"status": desired_status(obj, failing)})
+            response = await self._request("PATCH", path, body={"status": status})
             response.release()
-            if response.status < 300:
+            if response.status < 300 and kind == "Pod":
+                self.pods_marked += 1
+            elif response.status < 300:
                 self.patched += 1
             elif response.status != 404:
                 log.warning("kubelet could not patch %s %s/%s status: HTTP %s",
