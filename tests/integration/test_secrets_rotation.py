@@ -184,3 +184,17 @@ async def test_nothing_to_rotate_for_a_tenant_being_decommissioned(uow, kube: Ku
     assert (await h.lifecycle_types(uow, tenant.id))[-1] == "SecretRotationFailed"
     rec = await kube.read_secret(f"tenant-{tenant.slug}", "wazuh-authd-secret")
     assert rec is not None and rec.version_label == "v1"
+
+
+async def test_switching_the_llm_key_to_an_mssp_secret_removes_our_copy(uow, kube: KubeGateway) -> None:
+    deps, tenant = await provisioned(uow, kube, llm="sk-old-" + secrets.token_hex(8))
+    name = "mssp-llm-" + secrets.token_hex(4)
+    await kube.create_secret(SYSTEM_NAMESPACE, name, {"key": "sk-" + secrets.token_hex(8)})
+    ref = ev.KubeSecretKeyRef(namespace=SYSTEM_NAMESPACE, name=name, key="key")
+    await h.handle(handlers.on_rotation_requested,
+                   rotation(tenant, "llm", new_llm_key=ev.LlmKeySource(secret_ref=ref)), deps, uow)
+
+    assert await kube.read_secret(SYSTEM_NAMESPACE, f"tenant-{tenant.id}-llm") is None  # no stale key left
+    st = await statuses(uow, tenant.id)
+    assert st[(f"tenant-{tenant.id}-llm", "v1")] == "retired" and st[(name, "v2")] == "active"
+    await kube.delete_secret(SYSTEM_NAMESPACE, name)
