@@ -8,6 +8,7 @@ adapter token exists, and ends with the tenant ``active`` and a summary. Exit 0 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
 import uuid
@@ -80,15 +81,14 @@ async def provision(ds: Any, file: Path, timeout: float, keep: bool) -> int:
         await cmds.send(bus, event)
         console.print(f"[bold]requested[/bold] tenant {config.get('slug')} ({event.tenant_id})\n")
         t0 = time.monotonic()
+        # The adapter starts when its token Secret exists, as its pod would once the chart is installed.
+        sim_task = asyncio.create_task(_adapter(ds, sm, event.tenant_id, config["slug"], stop_sim))
 
         async def follow() -> str:
-            nonlocal sim_task
             async for e in tail_lifecycle(bus, tenant_id=event.tenant_id, follow=True):
                 console.print(f"  +{time.monotonic() - t0:6.2f}s  {e.type:<22} "
                               f"{(e.state_from or '·') + ' → ' + e.state_to if e.state_to else '':<26} "
                               f"{e.message}"[:160], markup=False)
-                if e.type in ("SecretsReady", "ChartApplied") and sim_task is None:
-                    sim_task = asyncio.create_task(_adapter(ds, sm, event.tenant_id, config["slug"], stop_sim))
                 if e.state_to in ("active", "failed"):
                     return e.state_to
             return "unknown"
@@ -136,6 +136,13 @@ async def _adapter(ds: Any, sm: Any, tenant_id: uuid.UUID, slug: str, stop: asyn
 
     kube = await KubeGateway.from_kubeconfig(ds.kubeconfig_path)
     try:
+        while not stop.is_set():
+            if await kube.read_secret(f"tenant-{slug}", "adapter-token") is not None:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), START_POLL_S)
+        if stop.is_set():
+            return
         token = await token_from_cluster(kube, slug)
     finally:
         await kube.close()

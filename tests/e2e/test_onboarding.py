@@ -99,13 +99,4 @@ async def _in(coro, states: set[str]) -> bool:  # type: ignore[no-untyped-def]
 async def _adapter(ds, tenant_id: str, slug: str, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
     from soctalk_cli.demo import _adapter as run_adapter
 
-    await eventually(lambda: _secret_exists(ds, slug), what="adapter token", timeout=120)
     await run_adapter(ds, None, uuid.UUID(tenant_id), slug, stop)
-
-
-async def _secret_exists(ds, slug: str) -> bool:  # type: ignore[no-untyped-def]
-    kube = await KubeGateway.from_kubeconfig(ds.kubeconfig_path)
-    try:
-        return await kube.read_secret(f"tenant-{slug}", "adapter-token") is not None
-    finally:
-        await kube.close()
