@@ -335,3 +335,21 @@ def test_port_is_free_and_loopback() -> None:
             sock.bind(("127.0.0.1", emu.port))  # taken by the emulator
     finally:
         emu.stop()
+
+
+async def test_scale_subresource_and_unsupported_bodies(http: Http) -> None:
+    base = "/apis/apps/v1/namespaces/default/deployments"
+    await http.ok("POST", base, deploy("web"))
+    scale = await http.ok("GET", f"{base}/web/scale")
+    assert (scale["kind"], scale["spec"]["replicas"], scale["status"]["selector"]) == ("Scale", 1, "app=web")
+    await http.ok("PATCH", f"{base}/web/scale", {"spec": {"replicas": 4}},
+                  content_type="application/merge-patch+json")
+    scaled = await http.ok("GET", f"{base}/web")
+    assert scaled["spec"]["replicas"] == 4 and scaled["metadata"]["generation"] == 2
+    assert (await http.call("GET", "/api/v1/namespaces/default/configmaps/x/scale"))[0] == 404
+    # Protobuf bodies are read for Secrets, ConfigMaps and Namespaces only; others get 415.
+    protobuf = "application/vnd.kubernetes.protobuf"
+    status, _ = await http.call("POST", base, deploy("pb"), content_type=protobuf)
+    assert status == 415
+    status, _ = await http.call("PATCH", f"{base}/web", {}, content_type="text/plain")
+    assert status == 415

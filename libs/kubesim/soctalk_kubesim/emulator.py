@@ -301,7 +301,9 @@ class KubeEmulator:
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
-        if sub not in (None, "status", "finalize") or (sub == "status" and not kind.status_subresource):
+        if sub not in (None, "status", "finalize", "scale") or (
+                sub == "status" and not kind.status_subresource) or (
+                sub == "scale" and kind.kind not in ("Deployment", "StatefulSet", "ReplicaSet")):
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
         return await self._resource(request, kind, namespace, name, sub)
 
@@ -315,7 +317,11 @@ class KubeEmulator:
         if kind.create_only:
             if method != "POST" or name:
                 raise ApiError(405, "MethodNotAllowed", f"{kind.plural} only supports create")
+            if request.content_type == protobuf.CONTENT_TYPE:  # the answer ignores the question
+                return _json(_review(protobuf.type_meta(await request.read())), 201)
             return _json(_review(await _body(request)), 201)
+        if sub == "scale":
+            return await self._scale(request, kind, namespace, name or "", dry_run)
         if method == "GET":
             if name:
                 return _json(store.get(kind, namespace, name))
@@ -348,6 +354,29 @@ class KubeEmulator:
                 store.delete(kind, obj["metadata"].get("namespace"), obj["metadata"]["name"], dry_run=dry_run)
             return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on this path")
+
+    async def _scale(self, request: web.Request, kind: Kind, namespace: str | None, name: str,
+                     dry_run: bool) -> web.Response:
+        """The ``scale`` subresource (``kubectl scale``): reads and writes ``spec.replicas``."""
+        store = self._store
+        assert store is not None
+        if request.method in ("PUT", "PATCH"):
+            body = await _body(request)
+            replicas = (body.get("spec") or {}).get("replicas") if isinstance(body, dict) else None
+            if not isinstance(replicas, int) or replicas < 0:
+                raise ApiError(422, "Invalid", f'Scale "{name}" is invalid: spec.replicas must be >= 0')
+            store.patch(kind, namespace, name, "merge", {"spec": {"replicas": replicas}}, dry_run=dry_run)
+        elif request.method != "GET":
+            raise ApiError(405, "MethodNotAllowed", "scale supports get, update and patch")
+        obj = store.get(kind, namespace, name)
+        selector = ",".join(f"{k}={v}" for k, v in
+                            ((obj["spec"].get("selector") or {}).get("matchLabels") or {}).items())
+        return _json({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                      "metadata": {k: obj["metadata"][k] for k in ("name", "namespace", "uid",
+                                                                   "resourceVersion", "creationTimestamp")},
+                      "spec": {"replicas": obj["spec"].get("replicas", 1)},
+                      "status": {"replicas": (obj.get("status") or {}).get("replicas", 0),
+                                 "selector": selector}})
 
     async def _watch(self, request: web.Request, kind: Kind, namespace: str | None,
                      matches: Any) -> web.StreamResponse:
@@ -416,9 +445,13 @@ def _exists(store: Store, kind: Kind, namespace: str | None, name: str) -> bool:
 async def _body(request: web.Request) -> Any:
     raw = await request.read()
     content_type = request.content_type
-    try:
-        if content_type == protobuf.CONTENT_TYPE:
+    if content_type == protobuf.CONTENT_TYPE:
+        try:
             return protobuf.decode(raw)
+        except protobuf.ProtobufError as exc:  # 415: client-go then resends as JSON
+            raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown "
+                           f"format: {content_type} ({exc})") from exc
+    try:
         if "yaml" in content_type:
             return yaml.safe_load(raw)
         return json.loads(raw or b"{}")

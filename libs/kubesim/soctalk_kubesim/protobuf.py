@@ -136,7 +136,13 @@ def _namespace(raw: bytes) -> dict:
 _DECODERS = {("v1", "Secret"): _secret, ("v1", "ConfigMap"): _configmap, ("v1", "Namespace"): _namespace}
 
 
-def decode(body: bytes) -> dict:
+def type_meta(body: bytes) -> dict:
+    """Only ``apiVersion`` and ``kind`` from the envelope (enough for access reviews)."""
+    _, api_version, kind = _envelope(body)
+    return {"apiVersion": api_version, "kind": kind}
+
+
+def _envelope(body: bytes) -> tuple[bytes, str, str]:
     if not body.startswith(MAGIC):
         raise ProtobufError("missing k8s protobuf magic prefix")
     api_version = kind = ""
@@ -150,6 +156,11 @@ def decode(body: bytes) -> dict:
                     kind = _str(item)
         elif number == 2 and isinstance(value, bytes):
             raw = value
+    return raw, api_version, kind
+
+
+def decode(body: bytes) -> dict:
+    raw, api_version, kind = _envelope(body)
     decoder = _DECODERS.get((api_version, kind))
     if decoder is None:
         raise ProtobufError(f"protobuf bodies for {api_version}/{kind} are not supported; send JSON")
