@@ -127,3 +127,13 @@ def test_held_material_is_scrubbed_then_forgotten() -> None:
         assert scrub(f"boom: {value}") == "boom: [REDACTED]"
     assert value not in _KNOWN
     assert scrub("sta_abcdefghijkl_" + "x" * 64) == "[REDACTED]"  # token shapes, held or not
+
+
+def test_material_held_by_two_scopes_is_forgotten_after_the_last() -> None:
+    value = "shared-" + "z" * 20
+    with material_scope():
+        hold([value])
+        with material_scope():  # e.g. a duplicate delivery reading the same Secret back
+            hold([value, value])
+        assert value in _KNOWN
+    assert value not in _KNOWN

@@ -10,6 +10,7 @@ failure reasons are scrubbed of it before they reach an event. When the handler 
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 
@@ -17,6 +18,9 @@ from soctalk_common.logging import forget_secret, register_secret
 from soctalk_common.redact import scrub_text
 
 _held: ContextVar[set[str] | None] = ContextVar("soctalk_secrets_held", default=None)
+# How many scopes hold each value: concurrent handlers may hold the same one (a duplicate delivery
+# reading back the same Secret); it is forgotten only when the last of them is done.
+_holders: Counter[str] = Counter()
 _MIN_LEN = 8  # shorter values (fixed usernames such as "admin") are not secret
 
 
@@ -29,7 +33,10 @@ def material_scope() -> Iterator[set[str]]:
     finally:
         _held.reset(token)
         for v in values:
-            forget_secret(v)
+            _holders[v] -= 1
+            if _holders[v] <= 0:
+                del _holders[v]
+                forget_secret(v)
 
 
 def hold(values: Iterable[str]) -> None:
@@ -38,8 +45,9 @@ def hold(values: Iterable[str]) -> None:
     for v in values:
         if isinstance(v, str) and len(v) >= _MIN_LEN:
             register_secret(v)
-            if held is not None:
+            if held is not None and v not in held:
                 held.add(v)
+                _holders[v] += 1
 
 
 def scrub(text: str, values: Iterable[str] = ()) -> str:
