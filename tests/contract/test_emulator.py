@@ -353,3 +353,15 @@ async def test_scale_subresource_and_unsupported_bodies(http: Http) -> None:
     assert status == 415
     status, _ = await http.call("PATCH", f"{base}/web", {}, content_type="text/plain")
     assert status == 415
+
+
+async def test_watch_list_sends_initial_events_then_a_bookmark(http: Http) -> None:
+    await http.ok("POST", "/api/v1/namespaces/default/configmaps", cm("a"))
+    params = {"watch": "true", "sendInitialEvents": "true", "resourceVersionMatch": "NotOlderThan",
+              "allowWatchBookmarks": "true", "timeoutSeconds": "5"}
+    async with http.session.get(f"{http.base}/api/v1/namespaces/default/configmaps", params=params) as r:
+        first = json.loads(await r.content.readline())
+        second = json.loads(await r.content.readline())
+    assert (first["type"], first["object"]["metadata"]["name"]) == ("ADDED", "a")
+    assert second["type"] == "BOOKMARK"
+    assert second["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}

@@ -12,11 +12,15 @@ What it serves (enough for kubernetes_asyncio, client-go/Helm v4 and kubectl):
   discovery fall back to it); ``/openapi/*`` answers 404, so clients skip OpenAPI-based validation.
 * get / list / watch / create / update / patch / delete / deletecollection for every kind in
   ``kinds.BUILTIN_KINDS``, kinds added with ``register_kind``, and kinds served by a
-  ``CustomResourceDefinition``; namespaced and cluster scope; ``/status`` subresources.
+  ``CustomResourceDefinition``; namespaced and cluster scope; ``/status`` subresources and ``/scale``
+  for Deployments, StatefulSets and ReplicaSets. Watches resume from a ``resourceVersion`` (410
+  once it is older than ``history`` events) and support ``sendInitialEvents`` (watch-list).
 * label selectors (equality and set based), field selectors on any dotted path, ``dryRun=All``.
 * merge, strategic-merge (common merge keys) and JSON patch; server-side apply including
   create-on-apply and field-manager conflicts (an approximation, see ``patching``).
-* Helm release Secrets: client-go may send protobuf bodies; ``protobuf`` decodes the envelope.
+* protobuf request bodies (client-go sends them for core kinds, e.g. Helm's release Secrets) are
+  decoded for Secret, ConfigMap and Namespace; other kinds answer 415 (kubectl ``create``/``run``
+  of workloads therefore fails; ``kubectl apply`` sends JSON and works).
 * ``SubjectAccessReview`` and friends always answer ``allowed: true``: RBAC is **not** enforced.
 * deleting a namespace marks it Terminating and then removes everything in it, as the namespace
   controller does; objects with finalizers wait for them to be cleared.
@@ -384,8 +388,10 @@ class KubeEmulator:
         assert store is not None
         timeout = float(request.query.get("timeoutSeconds") or 1800)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        initial_events = request.query.get("sendInitialEvents", "").lower() == "true"
+        since = None if initial_events else request.query.get("resourceVersion")
         try:
-            watcher = store.watch(kind, namespace, matches, request.query.get("resourceVersion"))
+            watcher = store.watch(kind, namespace, matches, since)
         except ApiError as error:
             with contextlib.suppress(ConnectionError):
                 await response.prepare(request)
@@ -395,6 +401,13 @@ class KubeEmulator:
         deadline = loop.time() + timeout
         try:
             await response.prepare(request)
+            if initial_events:  # watch-list: the initial ADDED events end with a marked bookmark
+                bookmark = {"kind": kind.kind, "apiVersion": kind.api_version, "metadata": {
+                    "resourceVersion": store.resource_version,
+                    "annotations": {"k8s.io/initial-events-end": "true"}}}
+                for _ in range(watcher.queue.qsize()):
+                    await response.write(json.dumps(watcher.queue.get_nowait()).encode() + b"\n")
+                await response.write(json.dumps({"type": "BOOKMARK", "object": bookmark}).encode() + b"\n")
             while (remaining := deadline - loop.time()) > 0:
                 try:
                     async with asyncio.timeout(remaining):

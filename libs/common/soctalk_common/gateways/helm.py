@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
 import time
@@ -80,6 +81,11 @@ class ReleaseInfo:
             updated=summary.get("deployed_at") or None, chart_name=summary.get("chart_name", ""),
             modified_at=float(modified) if modified and modified.isdigit() else None,
         )
+
+
+def _seconds(timeout: float) -> int:
+    """The SDK takes whole seconds; never round a short timeout down to 0 (which means none)."""
+    return max(1, math.ceil(timeout))
 
 
 def _pointer_to_path(pointer: str, prefix: str) -> str:
@@ -279,7 +285,7 @@ class HelmGateway:
                       timeout: float | None = None) -> ReleaseInfo:  # noqa: ASYNC109
         """Install (no ``--wait``). ``Conflict`` if the name is in use; the namespace must exist."""
         what = f"helm install of release {namespace}/{release}"
-        seconds = int(timeout or self.default_timeout)
+        seconds = _seconds(timeout or self.default_timeout)
 
         def install(ctx: hp.HelmContext | None) -> ReleaseInfo:
             summary = self._config(namespace).install(chart_path, release, values, context=ctx,
@@ -292,7 +298,7 @@ class HelmGateway:
                       timeout: float | None = None) -> ReleaseInfo:  # noqa: ASYNC109
         """Upgrade to ``values`` exactly (``--reset-values``; no ``--wait``)."""
         what = f"helm upgrade of release {namespace}/{release}"
-        seconds = int(timeout or self.default_timeout)
+        seconds = _seconds(timeout or self.default_timeout)
 
         def upgrade(ctx: hp.HelmContext | None) -> ReleaseInfo:
             cfg = self._config(namespace)
@@ -319,7 +325,7 @@ class HelmGateway:
 
         def rollback(_: Any) -> ReleaseInfo:
             cfg = self._config(namespace)
-            cfg.rollback(release, version=revision, timeout=int(self.default_timeout))
+            cfg.rollback(release, version=revision, timeout=_seconds(self.default_timeout))
             return ReleaseInfo.from_summary(cfg.status(release))
 
         return await self._run(what, rollback, None, release=(namespace, release))
@@ -327,7 +333,7 @@ class HelmGateway:
     async def uninstall(self, release: str, namespace: str, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Remove the release and its history; nothing to do if it does not exist."""
         what = f"helm uninstall of release {namespace}/{release}"
-        seconds = int(timeout or self.default_timeout)
+        seconds = _seconds(timeout or self.default_timeout)
 
         def uninstall(_: Any) -> None:
             # Not ignore_not_found: the SDK then also swallows failures to *read* the release.
