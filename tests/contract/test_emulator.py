@@ -313,11 +313,13 @@ def test_runs_in_its_own_thread_while_the_caller_blocks() -> None:
         urllib.request.urlopen(f"{emu.url}/version", timeout=2)  # noqa: S310
 
 
-def test_start_cluster_hands_out_an_emulator_or_a_real_kubeconfig(tmp_path: Any) -> None:
+async def test_start_cluster_hands_out_an_emulator_or_a_real_kubeconfig(tmp_path: Any) -> None:
     with start_cluster() as handle:
         assert handle.is_emulated and handle.emulator is not None
-        with urllib.request.urlopen(f"{handle.emulator.url}/version", timeout=5) as response:  # noqa: S310
-            assert json.load(response)["gitVersion"].startswith("v1.")
+        async with aiohttp.ClientSession() as session, session.get(f"{handle.emulator.url}/version") as r:
+            assert (await r.json())["gitVersion"].startswith("v1.")
+        async with handle.kubelet(delay=0.1) as kubelet:
+            assert kubelet.delay == 0.1 and kubelet.patched == 0
     real = tmp_path / "kubeconfig"
     real.write_text("apiVersion: v1\nkind: Config\n")
     handle = start_cluster(str(real))

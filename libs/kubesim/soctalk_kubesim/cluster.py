@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from kubernetes_asyncio.config import new_client_from_config
+
 from .emulator import KubeEmulator
+from .kubelet import SimulatedKubelet
 
 ENV_VAR = "SOCTALK_TEST_KUBECONFIG"
 
@@ -21,6 +24,13 @@ class ClusterHandle:
     kubeconfig_path: str
     is_emulated: bool
     emulator: KubeEmulator | None = None
+
+    def kubelet(self, *, delay: float = 0.0, failing: set[str] | None = None,
+                namespace_prefix: str = "tenant-") -> SimulatedKubelet:
+        """A (not yet started) simulated kubelet for this cluster: ``await handle.kubelet().start()``."""
+        path = self.kubeconfig_path
+        return SimulatedKubelet(lambda: new_client_from_config(path), delay=delay, failing=failing,
+                                namespace_prefix=namespace_prefix)
 
     def stop(self) -> None:
         """Stop the emulator (idempotent); a real cluster is left alone."""
