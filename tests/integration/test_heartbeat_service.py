@@ -18,6 +18,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
+import structlog.testing
 from sqlalchemy import func, select, update
 
 from soctalk_common import events as ev
@@ -452,8 +454,18 @@ async def _publish(bus: Bus, tenant_id: uuid.UUID, token: str | None, body: byte
                       msg_id=str(uuid.uuid4()), headers=headers)
 
 
-async def test_bad_heartbeats_are_refused_with_their_reason(start, bus, sessionmaker, clock, nats_url, capsys):
+async def test_bad_heartbeats_are_refused_with_their_reason(start, bus, sessionmaker, clock, nats_url):
     r = await start()
+    with structlog.testing.capture_logs() as logs:
+        tokens = await _refusals(r, bus, sessionmaker, clock)
+    refusals = [e for e in logs if e["event"] == "heartbeat.refused"]
+    assert {e["reason"] for e in refusals} >= {"bad_secret", "revoked", "expired", "wrong_tenant", "unknown_tenant"}
+    assert all(e["token_prefix"] is None or len(e["token_prefix"]) == 12 for e in refusals)
+    for t in tokens:  # logged by public prefix only, never the token
+        assert t not in repr(logs)
+
+
+async def _refusals(r: Running, bus: Bus, sessionmaker: Any, clock: FakeClock) -> list[str]:
     tid, _ = await make_tenant(sessionmaker)
     other, _ = await make_tenant(sessionmaker)
     gone, _ = await make_tenant(sessionmaker, state="decommissioned")
@@ -493,9 +505,10 @@ async def test_bad_heartbeats_are_refused_with_their_reason(start, bus, sessionm
 
     metrics = await _get(r, "/metrics")
     assert 'soctalk_heartbeat_refused_total{reason="revoked"} 1.0' in metrics
-    out = capsys.readouterr()
-    for t in (good, forged, expired, revoked, gone_token, ghost_token):
-        assert t not in out.out + out.err + metrics
+    tokens = [good, forged, expired, revoked, gone_token, ghost_token]
+    for t in tokens:
+        assert t not in metrics
+    return tokens
 
 
 async def test_malformed_payloads_are_refused_and_the_consumer_goes_on(start, bus, sessionmaker, clock, nats_url):
@@ -597,3 +610,33 @@ async def test_http_endpoint_refuses_bad_tokens_without_echoing_them(start, sess
     assert status == 403
     assert r.refused("bad_secret") == 1 and r.refused("missing_token") == 1 and r.refused("wrong_tenant") == 2
     assert await hb_state(sessionmaker, tid) is None
+
+
+# ------------------------------------------------------------------------------------------------
+# token cache
+# ------------------------------------------------------------------------------------------------
+
+
+async def test_token_cache_loads_a_batch_in_one_query_and_bounds_forged_prefixes(sessionmaker, clock):
+    from soctalk_heartbeat.tokens import TokenCache
+
+    tenants = [(await make_tenant(sessionmaker))[0] for _ in range(3)]
+    prefixes = [(await make_token(sessionmaker, t, clock))[1] for t in tenants]
+    forged = [f"forged{i:06d}" for i in range(5)]
+    cache = TokenCache(sessionmaker, max_age_s=60, max_unknown=3)
+
+    await cache.ensure([*prefixes, *forged[:2]])
+    assert cache.loads == 2  # one for the tokens, one for their tenants
+    assert all(cache.record(p) is not None for p in prefixes)
+    assert [cache.tenant(str(t)) for t in tenants] == [(True, "provisioning")] * 3
+    await cache.ensure(forged[2:])
+    assert cache.loads == 3
+    assert cache.record(forged[0]) is None and set(cache._unknown) == set(forged[2:])  # oldest dropped
+
+    await cache.ensure([*prefixes, *forged[2:]])  # all fresh: memory only
+    assert cache.loads == 3
+    await cache.refresh()  # reloads known tokens and tenants, never the forged prefixes
+    assert cache.loads == 5
+    await set_state(sessionmaker, tenants[0], "decommissioned")
+    await cache.refresh()
+    assert cache.tenant(str(tenants[0])) == (True, "decommissioned")
