@@ -132,15 +132,15 @@ async def test_watch_streams_events_and_resumes(api: client.ApiClient, http: Htt
     core = client.CoreV1Api(api)
     await http.ok("POST", "/api/v1/namespaces/default/configmaps", cm("w", {"a": "1"}))
     events = []
-    stream = watch.Watch().stream(core.list_namespaced_config_map, "default", timeout_seconds=5)
-    async for event in stream:
-        events.append((event["type"], event["object"].metadata.name))
-        if len(events) == 1:
-            await http.ok("PATCH", "/api/v1/namespaces/default/configmaps/w", {"data": {"a": "2"}},
-                          content_type="application/merge-patch+json")
-            await http.ok("DELETE", "/api/v1/namespaces/default/configmaps/w")
-        if len(events) == 3:
-            break
+    async with watch.Watch() as w:  # kubernetes_asyncio sends watch=True
+        async for event in w.stream(core.list_namespaced_config_map, "default", timeout_seconds=5):
+            events.append((event["type"], event["object"].metadata.name))
+            if len(events) == 1:
+                await http.ok("PATCH", "/api/v1/namespaces/default/configmaps/w", {"data": {"a": "2"}},
+                              content_type="application/merge-patch+json")
+                await http.ok("DELETE", "/api/v1/namespaces/default/configmaps/w")
+            if len(events) == 3:
+                break
     assert events == [("ADDED", "w"), ("MODIFIED", "w"), ("DELETED", "w")]
 
     first = await http.ok("POST", "/api/v1/namespaces/default/configmaps", cm("x"))

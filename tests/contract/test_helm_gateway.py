@@ -206,6 +206,8 @@ async def test_pending_upgrade_blocks_and_is_recovered_by_rollback(
     await helm.upgrade(release, MINI_CHART, namespace, {"greeting": "two"})
     await force_status(kube, namespace, release, 2, "pending-upgrade")
 
+    stuck = await helm.status(release, namespace)
+    assert stuck is not None and stuck.pending and stuck.status == "pending-upgrade"
     with pytest.raises(OperationInProgress, match=release):
         await helm.upgrade(release, MINI_CHART, namespace, {"greeting": "three"})
     assert await helm.recover_pending(release, namespace, min_age=3600) is None  # too fresh to touch

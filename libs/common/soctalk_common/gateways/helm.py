@@ -70,6 +70,11 @@ class ReleaseInfo:
     chart_name: str = ""
     modified_at: float | None = None  # epoch seconds of the last write to this revision's record
 
+    @property
+    def pending(self) -> bool:
+        """An install / upgrade / rollback started and never finished (see ``recover_pending``)."""
+        return self.status.startswith("pending-")
+
     @classmethod
     def from_summary(cls, summary: dict) -> ReleaseInfo:
         labels = summary.get("labels") or {}
@@ -388,14 +393,14 @@ class HelmGateway:
           revision): roll back to the last deployed revision.
         """
         history = await self.history(release, namespace)
-        if not history or not history[-1].status.startswith("pending-"):
+        if not history or not history[-1].pending:
             return None
         last = history[-1]
         if min_age and last.modified_at is not None and time.time() - last.modified_at < min_age:
             return None
         good = [r for r in history[:-1] if r.status in _DEPLOYED]
         if not good:
-            older = [r for r in history[:-1] if not r.status.startswith("pending-")]
+            older = [r for r in history[:-1] if not r.pending]
             if last.status != "pending-install" and older:
                 await self.rollback(release, namespace, older[-1].revision)
                 return f"rolled back {last.status} revision {last.revision} to revision {older[-1].revision}"
