@@ -116,6 +116,7 @@ class NatsServer:
         if self.store_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="soctalk-nats-")
             self.store_dir = Path(self._tmp.name)
+        self.store_dir.mkdir(parents=True, exist_ok=True)  # DevStack passes <workdir>/nats, not created yet
         # max_payload above the 1 MiB default so oversized messages reach the consumer and get a DLQ
         # reason instead of vanishing at the publisher.
         conf = self.store_dir / "nats.conf"
@@ -247,9 +248,15 @@ class PostgresServer:
         )
         self._running = False
 
-    def restart(self) -> None:
-        """Stop and start on the same port and data dir (reliability tests)."""
-        self.stop(mode="immediate")
+    def restart(self, mode: str = "fast") -> None:
+        """Stop and start on the same port and data dir (reliability tests).
+
+        Every client connection is cut and in-flight transactions roll back. ``fast``, not
+        ``immediate``: this server runs with ``synchronous_commit=off`` and ``fsync=off``, so an
+        immediate stop loses commits it already acknowledged — something a production Postgres never
+        does, and no consumer can be exactly-once against.
+        """
+        self.stop(mode=mode)
         self.start()
 
     def cleanup(self) -> None:
