@@ -446,7 +446,12 @@ def dev_up(
         ds = await DevStack(kubeconfig=kubeconfig, simulate_kubelet=simulate_kubelet).start()
         try:
             table("soctalk dev stack", ["part", "where"], [list(r) for r in ds.describe()])
-            console.print("export " + " ".join(f"{k}={ds.env()[k]}" for k in ("NATS_URL", "DATABASE_URL", "KUBECONFIG")))
+            # Credentials go to a 0600 file, not the terminal.
+            env_file = ds.workdir / "env"
+            env_file.touch(mode=0o600)
+            env_file.write_text("".join(f"export {k}={ds.env()[k]}\n"
+                                        for k in ("NATS_URL", "DATABASE_URL", "KUBECONFIG", "VAULT_ADDR")))
+            console.print(f"to use the CLI against it:  source {env_file}")
             console.print("Ctrl-C to stop.")
             await stop.wait()
         finally:

@@ -57,7 +57,6 @@ class DevStack:
     _owned: list[object] = field(default_factory=list)
     _cluster: object | None = None
     _kubelet: object | None = None
-    _kube_gateway: object | None = None
 
     # ------------------------------------------------------------------------------------------
     async def start(self) -> DevStack:
@@ -120,13 +119,9 @@ class DevStack:
         self.emulated = handle.is_emulated
 
     async def _start_kubelet(self) -> None:
-        from soctalk_common.gateways.kube import KubeGateway
-        from soctalk_kubesim import SimulatedKubelet
-
-        gw = await KubeGateway.from_kubeconfig(self.kubeconfig_path)
-        self._kube_gateway = gw
-        self._kubelet = await SimulatedKubelet(lambda: gw.api_client, delay=self.kubelet_delay_s,
-                                               namespace_prefix="tenant-").start()
+        assert self._cluster is not None
+        self._kubelet = await self._cluster.kubelet(  # type: ignore[attr-defined]
+            delay=self.kubelet_delay_s, namespace_prefix="tenant-").start()
 
     def _spawn(self, name: str, module: str) -> None:
         log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
@@ -165,8 +160,6 @@ class DevStack:
                     os.killpg(p.pid, signal.SIGKILL)
         if self._kubelet is not None:
             await self._kubelet.stop()  # type: ignore[attr-defined]
-        if self._kube_gateway is not None:
-            await self._kube_gateway.close()  # type: ignore[attr-defined]
         if self._cluster is not None:
             self._cluster.stop()  # type: ignore[attr-defined]
         for srv in reversed(self._owned):

@@ -193,6 +193,10 @@ class PostgresServer:
 
     def start(self) -> PostgresServer:
         bindir = postgres_bin_dir()
+        if os.geteuid() == 0 and self.data_root is not None and not _others_can_reach(self.data_root):
+            # As root we run Postgres as nobody; a data dir under a private folder (pytest's tmp_path,
+            # a 0700 mkdtemp) is unreachable for it, and widening someone else's folder is not ours to do.
+            self.data_root = None
         if self.data_root is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="soctalk-pg-")
             self.data_root = Path(self._tmp.name)
@@ -264,6 +268,15 @@ class PostgresServer:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+def _others_can_reach(path: Path) -> bool:
+    """True when every existing parent of ``path`` lets other users traverse it (o+x)."""
+    p = path.resolve()
+    for parent in p.parents:  # ``path`` itself is ours and gets chowned to the server user
+        if parent.exists() and not (parent.stat().st_mode & 0o001):
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------------
