@@ -1,0 +1,198 @@
+"""Drift between what SocTalk renders, what Helm recorded and what the cluster runs (pure).
+
+The round trip of seed 001 ("render → apply → read back → compare; assert no drift"), in two legs:
+
+* ``source="release"`` — the values rendered from the tenant record vs the release's manifest:
+  a full comparison of both object sets (someone ran ``helm upgrade`` by hand, or the record
+  changed without a release).
+* ``source="live"`` — the release's manifest vs the live objects: every field the manifest sets
+  must hold in the live object (fields the API server adds are ignored; quantities compare by
+  value, ``"1"`` equals ``1`` and ``1.5Gi`` equals ``1536Mi``).
+
+Each difference names the object (``Deployment/thehive``) and the field
+(``spec.template.spec.containers[name=thehive].image``), with both values shown as short strings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import yaml
+
+MISSING = "(missing)"
+OBJECT = "(object)"
+_MAX = 200
+_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))"
+                       r"(e[+-]?\d+|E[+-]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
+_SUFFIX: dict[str | None, Decimal | int] = {
+    None: 1, "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": 10**3, "M": 10**6,
+    "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
+    "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+@dataclass(frozen=True)
+class Drift:
+    object: str
+    field: str
+    expected: str | None
+    actual: str | None
+    source: str  # live | release
+
+
+def parse_manifest(text: str) -> list[dict[str, Any]]:
+    """The objects of a multi-document manifest (empty documents and lists' wrappers skipped)."""
+    out: list[dict[str, Any]] = []
+    for doc in yaml.safe_load_all(text or ""):
+        if isinstance(doc, dict) and doc.get("kind"):
+            if doc["kind"].endswith("List") and isinstance(doc.get("items"), list):
+                out.extend(i for i in doc["items"] if isinstance(i, dict))
+            else:
+                out.append(doc)
+    return out
+
+
+def object_name(obj: Mapping[str, Any]) -> str:
+    return f"{obj.get('kind', '?')}/{(obj.get('metadata') or {}).get('name', '?')}"
+
+
+def index(objects: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    return {object_name(o): o for o in objects}
+
+
+def workload_names(objects: Iterable[Mapping[str, Any]]) -> list[str]:
+    """``Kind/name`` of the Deployments, StatefulSets and Jobs (what readiness waits for)."""
+    return sorted(object_name(o) for o in objects if o.get("kind") in ("Deployment", "StatefulSet", "Job"))
+
+
+def show(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return text if len(text) <= _MAX else text[: _MAX - 1] + "…"
+
+
+def _key(path: str, key: str) -> str:
+    if _PLAIN.match(key):
+        return f"{path}.{key}" if path else key
+    return f"{path}['{key}']"
+
+
+def quantity(value: Any) -> Decimal | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return Decimal(str(value))
+    if not isinstance(value, str):
+        return None
+    m = _QUANTITY.match(value.strip())
+    if not m:
+        return None
+    try:
+        number, suffix = Decimal(m.group(1)), m.group(2)
+        if suffix and suffix[0] in "eE" and len(suffix) > 1:
+            return number * (Decimal(10) ** int(suffix[1:]))
+        return number * Decimal(_SUFFIX[suffix])
+    except (InvalidOperation, KeyError, ValueError):
+        return None
+
+
+def scalars_equal(expected: Any, actual: Any) -> bool:
+    if expected == actual:
+        return True
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return False
+    if str(expected) == str(actual):
+        return True
+    a, b = quantity(expected), quantity(actual)
+    return a is not None and b is not None and a == b
+
+
+def _named(items: list[Any]) -> bool:
+    return bool(items) and all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in items)
+
+
+def _subset(expected: Any, actual: Any, path: str, obj: str, out: list[Drift], *, full: bool) -> None:
+    """Record where ``actual`` differs from ``expected``. ``full`` also reports what ``actual`` has
+    and ``expected`` lacks (release vs rendered); otherwise extra live fields are ignored."""
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict):
+            if expected or actual is not None:
+                out.append(Drift(obj, path or OBJECT, show(expected), show(actual) or MISSING, ""))
+            return
+        for key, value in expected.items():
+            if value is None and key not in actual:
+                continue
+            _subset(value, actual.get(key), _key(path, str(key)), obj, out, full=full)
+        if full:
+            for key in actual.keys() - expected.keys():
+                if actual[key] is not None:
+                    out.append(Drift(obj, _key(path, str(key)), MISSING, show(actual[key]), ""))
+        return
+    if isinstance(expected, list):
+        if not isinstance(actual, list):
+            if expected or actual is not None:
+                out.append(Drift(obj, path, show(expected), show(actual) or MISSING, ""))
+            return
+        if _named(expected) and _named(actual):
+            have = {i["name"]: i for i in actual}
+            for item in expected:
+                sub = f"{path}[name={item['name']}]"
+                if item["name"] not in have:
+                    out.append(Drift(obj, sub, show(item), MISSING, ""))
+                else:
+                    _subset(item, have[item["name"]], sub, obj, out, full=full)
+            if full:
+                names = {i["name"] for i in expected}
+                for item in actual:
+                    if item["name"] not in names:
+                        out.append(Drift(obj, f"{path}[name={item['name']}]", MISSING, show(item), ""))
+            return
+        if len(expected) != len(actual):
+            out.append(Drift(obj, path, show(expected), show(actual), ""))
+            return
+        for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
+            _subset(e, a, f"{path}[{i}]", obj, out, full=full)
+        return
+    if actual is None and expected is not None:
+        out.append(Drift(obj, path, show(expected), MISSING, ""))
+    elif not scalars_equal(expected, actual):
+        out.append(Drift(obj, path, show(expected), show(actual), ""))
+
+
+def _with_source(items: list[Drift], source: str) -> list[Drift]:
+    return [Drift(d.object, d.field, d.expected, d.actual, source) for d in items]
+
+
+def compare_live(manifest_obj: Mapping[str, Any], live_obj: Mapping[str, Any] | None) -> list[Drift]:
+    """Fields the manifest sets that the live object does not hold (``source="live"``)."""
+    name = object_name(manifest_obj)
+    if live_obj is None:
+        return [Drift(name, OBJECT, "present", MISSING, "live")]
+    out: list[Drift] = []
+    for section, value in manifest_obj.items():
+        if section in ("apiVersion", "kind", "status"):
+            continue
+        if section == "metadata" and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k in ("labels", "annotations")}
+        _subset(value, live_obj.get(section), section, name, out, full=False)
+    return _with_source(out, "live")
+
+
+def compare_manifests(rendered: Iterable[Mapping[str, Any]], release: Iterable[Mapping[str, Any]]
+                      ) -> list[Drift]:
+    """Every difference between the rendered objects and the release's (``source="release"``)."""
+    want, have = index(rendered), index(release)
+    out: list[Drift] = []
+    for name in sorted(want.keys() - have.keys()):
+        out.append(Drift(name, OBJECT, "present", MISSING, ""))
+    for name in sorted(have.keys() - want.keys()):
+        out.append(Drift(name, OBJECT, MISSING, "present", ""))
+    for name in sorted(want.keys() & have.keys()):
+        _subset(dict(want[name]), dict(have[name]), "", name, out, full=True)
+    return _with_source(out, "release")

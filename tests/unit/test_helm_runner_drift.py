@@ -1,0 +1,146 @@
+"""Drift comparison (rendered vs release vs live) and local chart lookup. No cluster."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from soctalk_common import charts
+from soctalk_helm_runner import chartsrc, drift
+from soctalk_helm_runner.drift import Drift
+
+pytestmark = pytest.mark.unit
+
+DEPLOYMENT: dict[str, Any] = {
+    "apiVersion": "apps/v1", "kind": "Deployment",
+    "metadata": {"name": "thehive", "labels": {"app.kubernetes.io/name": "thehive"}},
+    "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "thehive"}},
+             "template": {"metadata": {"labels": {"app": "thehive"}},
+                          "spec": {"containers": [
+                              {"name": "thehive", "image": "strangebee/thehive:5.2",
+                               "ports": [{"containerPort": 9000, "protocol": "TCP"}],
+                               "resources": {"limits": {"cpu": 1, "memory": "1.5Gi"},
+                                             "requests": {"cpu": "0.5", "memory": "512Mi"}}},
+                              {"name": "sidecar", "image": "busybox:1"}],
+                              "volumes": [{"name": "tok", "secret": {"secretName": "adapter-token",
+                                                                     "defaultMode": 256}}]}}},
+}
+
+
+def live_copy(obj: dict[str, Any]) -> dict[str, Any]:
+    """What the API server returns: defaults added, quantities normalised, status and bookkeeping."""
+    live = copy.deepcopy(obj)
+    live["metadata"].update(namespace="tenant-acme", uid="u-1", resourceVersion="42", generation=1,
+                            annotations={"deployment.kubernetes.io/revision": "1"})
+    spec = live["spec"]
+    spec.update(progressDeadlineSeconds=600, revisionHistoryLimit=10, strategy={"type": "RollingUpdate"})
+    c = spec["template"]["spec"]["containers"][0]
+    c["resources"] = {"limits": {"cpu": "1", "memory": "1536Mi"},
+                      "requests": {"cpu": "500m", "memory": "512Mi"}}
+    c.update(terminationMessagePath="/dev/termination-log", imagePullPolicy="IfNotPresent")
+    spec["template"]["spec"]["containers"].reverse()  # named lists match by name, not position
+    live["status"] = {"replicas": 1, "readyReplicas": 1}
+    return live
+
+
+def test_live_object_matching_the_manifest_has_no_drift() -> None:
+    assert drift.compare_live(DEPLOYMENT, live_copy(DEPLOYMENT)) == []
+
+
+def test_out_of_band_edits_name_object_and_field() -> None:
+    live = live_copy(DEPLOYMENT)
+    live["spec"]["replicas"] = 3
+    containers = live["spec"]["template"]["spec"]["containers"]
+    next(c for c in containers if c["name"] == "thehive")["image"] = "evil:1"
+    live["metadata"]["labels"]["app.kubernetes.io/name"] = "other"
+    found = drift.compare_live(DEPLOYMENT, live)
+    assert found == [
+        Drift("Deployment/thehive", "metadata.labels['app.kubernetes.io/name']", "thehive", "other", "live"),
+        Drift("Deployment/thehive", "spec.replicas", "1", "3", "live"),
+        Drift("Deployment/thehive", "spec.template.spec.containers[name=thehive].image",
+              "strangebee/thehive:5.2", "evil:1", "live"),
+    ]
+
+
+def test_missing_live_object_and_missing_fields() -> None:
+    assert drift.compare_live(DEPLOYMENT, None) == [
+        Drift("Deployment/thehive", "(object)", "present", "(missing)", "live")]
+    live = live_copy(DEPLOYMENT)
+    del live["spec"]["template"]["spec"]["volumes"]
+    pod = live["spec"]["template"]["spec"]
+    pod["containers"] = [c for c in pod["containers"] if c["name"] != "sidecar"]
+    fields = [d.field for d in drift.compare_live(DEPLOYMENT, live)]
+    assert fields == ["spec.template.spec.containers[name=sidecar]", "spec.template.spec.volumes"]
+
+
+@pytest.mark.parametrize(("a", "b", "equal"), [
+    (1, "1", True), ("1.5Gi", "1536Mi", True), ("0.5", "500m", True), (2, "2000m", True),
+    ("1Gi", "1G", False), ("100m", "0.1", True), ("1e3", "1k", True), (True, "true", False),
+    ("abc", "abd", False), (256, "0400", False),
+])
+def test_scalars_compare_quantities_by_value(a: Any, b: Any, equal: bool) -> None:
+    assert drift.scalars_equal(a, b) is equal
+
+
+def test_release_vs_rendered_is_a_full_comparison() -> None:
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"a": "1"}}
+    rendered = [DEPLOYMENT, config_map]
+    release = copy.deepcopy(rendered)
+    assert drift.compare_manifests(rendered, release) == []
+    release[1]["data"]["b"] = "2"  # an extra key in the release counts here
+    release[0]["spec"]["replicas"] = 0
+    release.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "extra"}})
+    found = drift.compare_manifests(rendered, release)
+    assert found == [
+        Drift("Service/extra", "(object)", "(missing)", "present", "release"),
+        Drift("ConfigMap/cfg", "data.b", "(missing)", "2", "release"),
+        Drift("Deployment/thehive", "spec.replicas", "1", "0", "release"),
+    ]
+    assert drift.compare_manifests(rendered, rendered[:1]) == [
+        Drift("ConfigMap/cfg", "(object)", "present", "(missing)", "release")]
+
+
+def test_manifest_parsing_and_workloads() -> None:
+    text = "---\n# Source: a\n" + yaml.safe_dump(DEPLOYMENT) + "---\n\n---\n" + yaml.safe_dump(
+        {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "cassandra"}})
+    objs = drift.parse_manifest(text)
+    assert [drift.object_name(o) for o in objs] == ["Deployment/thehive", "StatefulSet/cassandra"]
+    assert drift.workload_names(objs) == ["Deployment/thehive", "StatefulSet/cassandra"]
+    assert drift.show("x" * 500).endswith("…") and drift.show({"a": 1}) == '{"a":1}'
+
+
+# --- local chart versions ----------------------------------------------------------------------------
+
+
+def copy_chart(root: Path, name: str, version: str) -> Path:
+    target = root / name
+    shutil.copytree(charts.chart_dir("soctalk-tenant"), target)
+    meta = yaml.safe_load((target / "Chart.yaml").read_text())
+    meta["version"] = version
+    (target / "Chart.yaml").write_text(yaml.safe_dump(meta))
+    return target
+
+
+def test_chart_versions_are_found_as_directories_and_packages(tmp_path: Path) -> None:
+    current = charts.chart_dir("soctalk-tenant")
+    (tmp_path / "soctalk-tenant").symlink_to(current)
+    copy_chart(tmp_path, "soctalk-tenant-v1.2.0", "1.2.0")
+    packed = copy_chart(tmp_path / "build", "soctalk-tenant", "1.3.0")
+    with tarfile.open(tmp_path / "soctalk-tenant-1.3.0.tgz", "w:gz") as tar:
+        tar.add(packed, arcname="soctalk-tenant")
+    assert chartsrc.locate(tmp_path, "1.1.0").path == tmp_path / "soctalk-tenant"
+    assert chartsrc.locate(tmp_path, "v1.2.0").path == tmp_path / "soctalk-tenant-v1.2.0"
+    unpacked = chartsrc.locate(tmp_path, "v1.3.0")
+    assert unpacked.version == "v1.3.0" and (unpacked.path / "values.schema.json").is_file()
+    assert chartsrc.locate(tmp_path, "v1.3.0").path == unpacked.path  # unpacked once
+    assert chartsrc.available(tmp_path) == ["v1.1.0", "v1.2.0", "v1.3.0"]
+    with pytest.raises(chartsrc.UnknownChartVersion,
+                       match=r"v9\.9\.9 is not available .*v1\.1\.0, v1\.2\.0, v1\.3\.0"):
+        chartsrc.locate(tmp_path, "v9.9.9")
+    with pytest.raises(chartsrc.UnknownChartVersion, match="not a chart version"):
+        chartsrc.locate(tmp_path, "latest")
