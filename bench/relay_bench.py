@@ -81,10 +81,9 @@ async def latency_at_rate(nats_url: str, database_url: str, rate: int, seconds: 
     import subprocess
     import sys
 
-    from nats.js.api import DeliverPolicy
 
     env = dict(os.environ, NATS_URL=nats_url, DATABASE_URL=database_url, SOCTALK_LOG_LEVEL="WARNING")
-    proc = subprocess.Popen([sys.executable, "-m", "soctalk_common.relay"], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "soctalk_common.relay"], env=env)  # noqa: ASYNC220
     try:
         return await _measure(proc, nats_url, database_url, rate, seconds)
     finally:

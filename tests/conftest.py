@@ -8,6 +8,7 @@ local binaries, its own nats-server (~50 ms), so tests never see each other's ro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 
 import asyncpg
 import pytest
-
 from soctalk_common import stack
 from soctalk_common.bus import STREAMS, Bus
 from soctalk_common.db.migrate import upgrade
@@ -108,10 +108,8 @@ async def bus(nats_url: str) -> AsyncIterator[Bus]:
     b = await Bus.connect(nats_url, connect_timeout=2)
     if os.environ.get("NATS_URL"):  # shared external server: start from empty streams
         for spec in STREAMS:
-            try:
+            with contextlib.suppress(Exception):  # absent is fine
                 await b.js.delete_stream(spec.name)
-            except Exception:  # noqa: BLE001, S110 - absent is fine
-                pass
     await b.ensure_streams()
     yield b
     await b.close()

@@ -10,6 +10,10 @@ from typing import Any
 
 import typer
 import yaml
+from soctalk_api import commands as cmds
+from soctalk_common import events as ev
+from soctalk_common.db import models as m
+from soctalk_common.errors import ValidationFailed
 from sqlalchemy import select
 
 from soctalk_cli.context import Conn, connect, find_tenant
@@ -24,10 +28,6 @@ from soctalk_cli.output import (
     err_console,
     table,
 )
-from soctalk_api import commands as cmds
-from soctalk_common import events as ev
-from soctalk_common.db import models as m
-from soctalk_common.errors import ValidationFailed
 
 tenants = typer.Typer(help="Request and operate tenants.", no_args_is_help=True)
 secrets_app = typer.Typer(help="Tenant secrets (references only; material never printed).", no_args_is_help=True)
@@ -130,7 +130,6 @@ async def wait_for_state(conn: Conn, tenant_id: uuid.UUID, ok: set[str], timeout
     """Follow the tenant's state with a spinner until it reaches ``ok`` or ``failed``; driven by the
     lifecycle stream (no fixed polling interval), re-reading the row on each event."""
     from rich.status import Status
-
     from soctalk_common.tail import tail_lifecycle
 
     assert conn.sessionmaker is not None and conn.bus is not None
@@ -498,9 +497,8 @@ def adapter_simulate(
     count: int = typer.Option(0, "--count", help="stop after N heartbeats (0 = until Ctrl-C)"),
 ) -> None:
     """Heartbeat as the tenant's adapter, with the token read from its cluster Secret."""
-    from soctalk_heartbeat.simulator import AdapterSimulator, token_from_cluster
-
     from soctalk_common.gateways.kube import KubeGateway
+    from soctalk_heartbeat.simulator import AdapterSimulator, token_from_cluster
 
     async def run() -> None:
         async with connect() as conn:

@@ -8,15 +8,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import typer
-from sqlalchemy import or_, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from soctalk_cli.output import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, err_console
 from soctalk_common.bus import Bus
 from soctalk_common.db import models as m
 from soctalk_common.db.session import make_engine, make_sessionmaker
 from soctalk_common.errors import Unavailable
 from soctalk_common.settings import Settings
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from soctalk_cli.output import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, err_console
 
 
 @dataclass

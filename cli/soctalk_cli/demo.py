@@ -17,12 +17,12 @@ from typing import Any
 
 import typer
 import yaml
-from sqlalchemy import select
-
-from soctalk_cli.output import EXIT_FAILED, EXIT_TIMEOUT, console, err_console, table
 from soctalk_api import commands as cmds
 from soctalk_common.db import models as m
 from soctalk_common.settings import REPO_ROOT
+from sqlalchemy import select
+
+from soctalk_cli.output import EXIT_FAILED, EXIT_TIMEOUT, console, err_console, table
 
 START_POLL_S = 0.2
 EXAMPLE = REPO_ROOT / "deploy" / "examples" / "tenant-acme.yaml"
@@ -65,7 +65,7 @@ async def provision(ds: Any, file: Path, timeout: float, keep: bool) -> int:
     from soctalk_common.sealing import seal
     from soctalk_common.tail import tail_lifecycle
 
-    doc = yaml.safe_load(file.read_text())
+    doc = yaml.safe_load(file.read_text())  # noqa: ASYNC240 - a small local file, read once
     config: dict[str, Any] = copy.deepcopy(doc.get("config", doc))
     request_id = f"demo-{uuid.uuid4().hex[:8]}"
     engine = make_engine(ds.database_url, pool_size=2)
@@ -130,9 +130,8 @@ async def _wait_public_key(sm: Any, timeout: float = 60) -> str:
 
 async def _adapter(ds: Any, sm: Any, tenant_id: uuid.UUID, slug: str, stop: asyncio.Event) -> None:
     """The tenant's adapter, as it would run in its namespace: token from its Secret, heartbeat loop."""
-    from soctalk_heartbeat.simulator import AdapterSimulator, token_from_cluster
-
     from soctalk_common.gateways.kube import KubeGateway
+    from soctalk_heartbeat.simulator import AdapterSimulator, token_from_cluster
 
     kube = await KubeGateway.from_kubeconfig(ds.kubeconfig_path)
     try:

@@ -7,11 +7,11 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import typer
+from soctalk_common import events as ev
+from soctalk_common.tail import tail_lifecycle
 
 from soctalk_cli.context import connect, find_tenant
 from soctalk_cli.output import EXIT_USAGE, Output, console, emit_json, err_console
-from soctalk_common import events as ev
-from soctalk_common.tail import tail_lifecycle
 
 app = typer.Typer(help="The tenant lifecycle stream.", no_args_is_help=True)
 

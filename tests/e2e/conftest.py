@@ -10,7 +10,6 @@ import os
 from collections.abc import AsyncIterator
 
 import pytest
-
 from soctalk_cli.devstack import DevStack
 
 

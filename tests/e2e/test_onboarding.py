@@ -8,14 +8,14 @@ import uuid
 import httpx
 import pytest
 import yaml
-from sqlalchemy import select
-
 from soctalk_api.auth import issue_token
 from soctalk_cli.demo import EXAMPLE, provision
 from soctalk_common.db import models as m
 from soctalk_common.db.session import make_engine, make_sessionmaker
-from soctalk_common.gateways.kube import KubeGateway
 from soctalk_common.gateways.helm import HelmGateway
+from soctalk_common.gateways.kube import KubeGateway
+from sqlalchemy import select
+
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e

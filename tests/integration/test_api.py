@@ -8,7 +8,6 @@ import uuid
 import httpx
 import pytest
 import yaml
-
 from soctalk_api.app import ApiDeps, create_app
 from soctalk_api.auth import issue_token
 from soctalk_common import events as ev

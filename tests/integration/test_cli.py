@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from soctalk_common import events as ev
 from soctalk_common.bus import EVENTS_STREAM, Bus
 from soctalk_common.db import models as m
@@ -226,9 +225,8 @@ async def test_dev_up_prints_endpoints_and_stops_cleanly_on_ctrl_c(tmp_path):
 
 
 def test_every_documented_command_exists():
-    from typer.main import get_command
-
     from soctalk_cli.main import app
+    from typer.main import get_command
 
     root = get_command(app)
     wanted = {"tenants": {"request", "list", "show", "retry", "upgrade", "decommission", "cancel", "suspend",

@@ -7,13 +7,13 @@ import uuid
 from dataclasses import dataclass, field
 
 import pytest
-from sqlalchemy import func, select
-
 from soctalk_common import events as ev
 from soctalk_common.bus import DLQ_STREAM, Bus
 from soctalk_common.db import models as m
 from soctalk_common.errors import PermanentError, TemporaryError
 from soctalk_common.runtime import Ctx, ServiceRuntime
+from sqlalchemy import func, select
+
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration

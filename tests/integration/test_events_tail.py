@@ -9,7 +9,6 @@ import sys
 import uuid
 
 import pytest
-
 from soctalk_common import events as ev
 from soctalk_common.db import models as m
 from soctalk_common.relay import OutboxRelay

@@ -7,12 +7,12 @@ import time
 import uuid
 
 import pytest
-from sqlalchemy import func, select
-
 from soctalk_common import events as ev
 from soctalk_common.bus import EVENTS_STREAM, Bus
 from soctalk_common.db import models as m
 from soctalk_common.relay import OutboxRelay
+from sqlalchemy import func, select
+
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,6 @@ import uuid
 
 import pytest
 import structlog
-
 from soctalk_common import events as ev
 from soctalk_common.logging import bind_event_context, configure_logging, forget_secret, register_secret
 

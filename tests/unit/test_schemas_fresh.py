@@ -1,7 +1,6 @@
 """The committed JSON Schemas and AsyncAPI document match the event catalogue."""
 
 import pytest
-
 from soctalk_common import events as ev
 from soctalk_common import schemagen
 

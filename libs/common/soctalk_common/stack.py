@@ -237,7 +237,7 @@ class PostgresServer:
         psql = str(postgres_bin_dir() / "psql")
         base = [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-d", "postgres", "-tAc"]
         exists = subprocess.run(
-            [*base, f"SELECT 1 FROM pg_database WHERE datname='{self.database}'"],
+            [*base, f"SELECT 1 FROM pg_database WHERE datname='{self.database}'"],  # noqa: S608 - our own name
             check=True, capture_output=True, env=env, text=True,
         ).stdout.strip()
         if not exists:
@@ -273,10 +273,8 @@ class PostgresServer:
 def _others_can_reach(path: Path) -> bool:
     """True when every existing parent of ``path`` lets other users traverse it (o+x)."""
     p = path.resolve()
-    for parent in p.parents:  # ``path`` itself is ours and gets chowned to the server user
-        if parent.exists() and not (parent.stat().st_mode & 0o001):
-            return False
-    return True
+    # ``path`` itself is ours and gets chowned to the server user; only its parents matter.
+    return all(not parent.exists() or bool(parent.stat().st_mode & 0o001) for parent in p.parents)
 
 
 # --------------------------------------------------------------------------------------------------

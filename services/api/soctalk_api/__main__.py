@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import uvicorn
-
-from soctalk_api.app import ApiDeps, create_app
 from soctalk_common.bus import Bus
 from soctalk_common.db.session import make_engine, make_sessionmaker
 from soctalk_common.logging import configure_logging
 from soctalk_common.settings import Settings
+
+from soctalk_api.app import ApiDeps, create_app
 
 
 async def main() -> None:

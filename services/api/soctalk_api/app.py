@@ -15,16 +15,16 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from soctalk_api.auth import AuthError, Principal, verify_bearer, verify_proxy
-from soctalk_api import commands
 from soctalk_common import events as ev
 from soctalk_common.bus import Bus
 from soctalk_common.db import models as m
 from soctalk_common.errors import ValidationFailed
 from soctalk_common.settings import Settings
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from soctalk_api import commands
+from soctalk_api.auth import AuthError, Principal, verify_bearer, verify_proxy
 
 PREFIX = "/api/mssp/tenants"
 

@@ -11,12 +11,12 @@ import uuid
 from functools import lru_cache
 from typing import Any
 
-from soctalk_provisioner.validation import TenantConfigValidator
-
 from soctalk_common import events as ev
 from soctalk_common.bus import Bus
 from soctalk_common.errors import ValidationFailed
 from soctalk_common.settings import SOCTALK_NS
+from soctalk_provisioner.validation import TenantConfigValidator
+
 
 @lru_cache(maxsize=1)
 def _validator() -> TenantConfigValidator:
