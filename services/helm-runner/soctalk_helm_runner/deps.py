@@ -30,6 +30,7 @@ class HelmRunnerSettings(BaseSettings):
     watch_concurrency: int = 8
     drift_interval_s: float = 300.0  # round-trip drift check of every live tenant
     drift_correct: bool = False  # False: warn only (DriftDetected); True: also helm upgrade to restore
+    helm_field_manager: str = "helm"  # Helm's server-side apply manager (drift correction hands fields back)
     drift_max_events: int = 20  # DriftDetected events per tenant per check (the lifecycle has them all)
     namespace_grace_s: float = 300.0  # a vanished namespace is reported after this, re-checked
     undo_timeout_s: float = 600.0  # a failed install's namespace must be gone within this

@@ -77,6 +77,26 @@ def show(value: Any) -> str | None:
     return text if len(text) <= _MAX else text[: _MAX - 1] + "…"
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def show_pair(expected: Any, actual: Any) -> tuple[str | None, str | None]:
+    """Both values as short strings; long ones that differ are cut around the first difference."""
+    if expected is None or actual is None:
+        return show(expected), show(actual)
+    a, b = _text(expected), _text(actual)
+    if len(a) <= _MAX and len(b) <= _MAX:
+        return a, b
+    at = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    start = max(0, at - 40)
+
+    def cut(text: str) -> str:
+        piece = text[start:start + _MAX - 2]
+        return ("…" if start else "") + piece + ("…" if start + len(piece) < len(text) else "")
+    return cut(a), cut(b)
+
+
 def _key(path: str, key: str) -> str:
     if _PLAIN.match(key):
         return f"{path}.{key}" if path else key
@@ -162,7 +182,7 @@ def _subset(expected: Any, actual: Any, path: str, obj: str, out: list[Drift], *
     if actual is None and expected is not None:
         out.append(Drift(obj, path, show(expected), MISSING, ""))
     elif not scalars_equal(expected, actual):
-        out.append(Drift(obj, path, show(expected), show(actual), ""))
+        out.append(Drift(obj, path, *show_pair(expected, actual), ""))
 
 
 def _with_source(items: list[Drift], source: str) -> list[Drift]:

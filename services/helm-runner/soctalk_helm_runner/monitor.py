@@ -71,7 +71,7 @@ class Monitor:
             if not got:
                 return None
             found = await self.drifts(tenant, applied)
-            corrected = await self._correct(tenant, applied) if found and d.own.drift_correct else None
+            corrected = await self._correct(tenant, applied, found) if found and d.own.drift_correct else None
         await self._record(tenant, found, corrected)
         return found
 
@@ -102,14 +102,22 @@ class Monitor:
             found += drift.compare_live(obj, live)
         return found
 
-    async def _correct(self, tenant: TenantView, applied: Applied) -> int | None:
-        d = self.d
+    async def _correct(self, tenant: TenantView, applied: Applied, found: list[Drift]) -> int | None:
+        """``helm upgrade`` with the rendered values. Fields someone else took over (server-side apply,
+        ``kubectl scale``) would make Helm's apply conflict and ``HelmGateway`` has no
+        ``--force-conflicts``: the drifted objects' manifest is first re-applied, forced, under Helm's
+        field manager, so the upgrade owns every field again."""
+        d, ns = self.d, tenant.namespace
         chart = chartsrc.locate(d.settings.charts_dir, applied.chart_version)
         refs = await records.secret_refs(d.uow, tenant.id)
-        values = render_values(tenant, refs, d.settings, suspended=applied.suspended,
-                               features=await d.cluster_features())
-        info = await d.helm.upgrade(RELEASE, str(chart.path), tenant.namespace, values,
-                                    timeout=d.settings.helm_timeout_s)
+        values = await asyncio.to_thread(render_values, tenant, refs, d.settings, suspended=applied.suspended,
+                                         features=await d.cluster_features())
+        drifted = {f.object for f in found if f.source == "live"}
+        for obj in drift.parse_manifest(await d.helm.manifest(RELEASE, ns)):
+            if drift.object_name(obj) in drifted:
+                obj.setdefault("metadata", {}).setdefault("namespace", ns)
+                await d.kube.apply(obj, field_manager=d.own.helm_field_manager, force=True)
+        info = await d.helm.upgrade(RELEASE, str(chart.path), ns, values, timeout=d.settings.helm_timeout_s)
         return info.revision
 
     async def _record(self, tenant: TenantView, found: list[Drift], corrected: int | None) -> None:
