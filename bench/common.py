@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-
 from soctalk_common import stack
 from soctalk_common.db.migrate import upgrade_async
 
@@ -59,10 +63,33 @@ def write_results(results: dict[str, Any]) -> Path:
     return path
 
 
+PROFILE = bool(os.environ.get("BENCH_PROFILE"))
+
+
+@contextlib.contextmanager
+def profiler(pid: int, name: str, rate: int = 100) -> Iterator[None]:
+    """With ``BENCH_PROFILE=1`` and py-spy available, sample process ``pid`` while the block runs;
+    collapsed stacks go to ``bench/results/profile-<name>.txt`` (``bench/profile_top.py`` sums them)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not PROFILE or not Path(spy).exists():
+        yield
+        return
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"profile-{name}.txt"
+    proc = subprocess.Popen([spy, "record", "-p", str(pid), "-r", str(rate), "-f", "raw", "-o", str(out),
+                             "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        proc.send_signal(2)  # SIGINT: py-spy writes what it has
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(20)
+
+
 async def timed(coro: Any) -> tuple[Any, float]:
     t = time.perf_counter()
     out = await coro
     return out, time.perf_counter() - t
 
 
-__all__ = ["asyncio", "pct", "summary", "servers", "write_results", "timed", "FULL"]
+__all__ = ["asyncio", "pct", "summary", "servers", "write_results", "timed", "profiler", "FULL", "PROFILE"]

@@ -5,7 +5,9 @@ transaction per heartbeat — thousands of tenants × one every 30 s. Heartbeats
 nature (seeing the same one twice changes nothing: every decision is a conditional UPDATE), so this
 loop skips the inbox and pays Postgres only for decisions:
 
-* one ``fetch`` of up to ``batch`` messages (returns as soon as any are available);
+* one pull request for up to ``batch`` messages (``no_wait``: what is there now; when nothing is,
+  one long poll for the next message), collected by a subscription callback — nats-py's ``fetch``
+  spends a task and a timer per message, which was the largest cost per heartbeat after parsing;
 * one cache check for the whole batch (:meth:`Intake.verify`: no query when every prefix is cached);
 * the newest heartbeat per tenant is buffered (``last_seen``, flushed in one statement every
   ``heartbeat_flush_s``) or, when it may change a decision, recorded in a per-tenant transaction;
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,7 +59,7 @@ class HeartbeatConsumer:
         self._sub: Any = None
         self.settled = {"ack": 0, "term": 0, "nak": 0}
 
-    async def _subscription(self) -> Any:
+    async def _subscription(self) -> _Puller:
         if self._sub is None:
             try:
                 await self.bus.js.add_consumer(
@@ -66,16 +69,15 @@ class HeartbeatConsumer:
                 )
             except Exception as exc:  # noqa: BLE001 - exists with another config: bind to it anyway
                 log.info("heartbeat.consumer_exists", detail=str(exc)[:200])
-            self._sub = await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=ADAPTER_STREAM)
+            self._sub = await _Puller(self.bus.nc, ADAPTER_STREAM, self.durable).start()
         return self._sub
 
     async def pull_once(self) -> int:
         """Fetch and settle one batch; returns how many messages it handled. Never raises."""
         try:
             sub = await self._subscription()
-            try:
-                msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout_s)
-            except TimeoutError:
+            msgs = await sub.fetch(self.batch, self.fetch_timeout_s)
+            if not msgs:
                 return 0
             await self.handle(msgs)
             return len(msgs)
@@ -115,6 +117,60 @@ class HeartbeatConsumer:
             self._sub = None
 
 
+class _Puller:
+    """Pull requests on a durable consumer; the messages land in a list from a subscription callback.
+
+    ``fetch(batch, timeout)`` returns what the consumer has now (up to ``batch``), else waits up to
+    ``timeout`` for the next message; ``[]`` when none came. A request ends with its batch complete
+    or with the server's status (404 no messages, 408 expired, 409 ...). A message that arrives after
+    its request was given up is kept for the next fetch, never dropped.
+    """
+
+    def __init__(self, nc: Any, stream: str, durable: str) -> None:
+        self.nc = nc
+        self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self.inbox = nc.new_inbox()
+        self._buf: list[Any] = []
+        self._want = 0
+        self._done = asyncio.Event()
+        self._sub: Any = None
+
+    async def start(self) -> _Puller:
+        self._sub = await self.nc.subscribe(self.inbox, cb=self._on_msg)
+        return self
+
+    async def _on_msg(self, msg: Any) -> None:
+        if msg.reply:  # a stream message: its reply subject is where it is acked
+            self._buf.append(msg)
+            if len(self._buf) >= self._want:
+                self._done.set()
+        elif (msg.headers or {}).get("Status") != "100":  # 100 = idle heartbeat; others end a request
+            self._done.set()
+
+    async def _request(self, req: dict[str, Any], want: int, wait_s: float) -> list[Any]:
+        self._want = want
+        self._done.clear()
+        await self.nc.publish(self.subject, json.dumps(req).encode(), reply=self.inbox)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                await self._done.wait()
+        msgs, self._buf = self._buf, []
+        return msgs
+
+    async def fetch(self, batch: int, timeout: float) -> list[Any]:  # noqa: ASYNC109
+        if self._buf:
+            msgs, self._buf = self._buf, []
+            return msgs
+        msgs = await self._request({"batch": batch, "no_wait": True}, batch, max(timeout, 1.0))
+        if msgs:
+            return msgs
+        return await self._request({"batch": 1, "expires": int(timeout * 1e9)}, 1, timeout + 1.0)
+
+    async def unsubscribe(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+
 def _action(v: Verdict, failed: set[Any]) -> str:
     if v.reason is not None:
         return "term"
@@ -125,7 +181,9 @@ def _action(v: Verdict, failed: set[Any]) -> str:
 
 def _incoming(msg: Any) -> Incoming:
     headers = msg.headers or {}
-    auth = next((v for k, v in headers.items() if k.lower() == "authorization"), None)
+    auth = headers.get("Authorization")
+    if auth is None:
+        auth = next((v for k, v in headers.items() if k.lower() == "authorization"), None)
     tenant = domain.subject_tenant(msg.subject) or ""
     age = 0.0
     with contextlib.suppress(Exception):

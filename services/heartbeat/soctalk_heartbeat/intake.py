@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -65,6 +66,7 @@ class Intake:
         self.deps = deps
         self._slots = asyncio.Semaphore(concurrency)
         self._logged: dict[str, tuple[float, int]] = {}
+        self._accepted: dict[str, Any] = {}  # labelled counters, looked up once (not per message)
 
     async def verify(self, items: Sequence[Incoming]) -> list[Verdict]:
         """Judge a batch. Raises only if the cache cannot be brought up to date (Postgres down)."""
@@ -85,7 +87,7 @@ class Intake:
         if len(item.body) > domain.MAX_BODY_BYTES:
             return self._refuse("too_large", item, prefix)
         try:
-            hb = ev.parse_event(item.body, expected="AdapterHeartbeat")
+            hb = _parse(item.body)
         except ValidationError as exc:
             paths = tuple(".".join(str(p) for p in e["loc"]) or "$" for e in exc.errors())
             return self._refuse("invalid_payload", item, prefix, paths)
@@ -98,7 +100,10 @@ class Intake:
         if domain.is_stale(item.age_s, cfg.interval_s, cfg.missed_intervals):
             self.deps.metrics.stale.inc()
             return Verdict(heartbeat=hb, stale=True)
-        self.deps.metrics.accepted.labels(item.transport).inc()
+        counter = self._accepted.get(item.transport)
+        if counter is None:
+            counter = self._accepted[item.transport] = self.deps.metrics.accepted.labels(item.transport)
+        counter.inc()
         # Receipt time on our clock: monotonic per process, so the newest heartbeat wins ties. A message
         # that waited in the stream is at most one liveness window old (older ones are stale above).
         return Verdict(heartbeat=hb, seen_at=now)
@@ -148,6 +153,15 @@ class Intake:
         assert v.heartbeat is not None and v.seen_at is not None
         async with self._slots:
             await handlers.observe(v.heartbeat, v.seen_at, self.deps)
+
+
+def _parse(body: bytes) -> ev.Event:
+    """``parse_event(body, expected="AdapterHeartbeat")``: a valid body straight from JSON (no
+    intermediate dict, half the cost); an invalid one through ``parse_event`` for its exact errors."""
+    try:
+        return ev.AdapterHeartbeat.model_validate_json(body)
+    except ValidationError:
+        return ev.parse_event(body, expected="AdapterHeartbeat")
 
 
 def _prefix(token: str) -> str | None:

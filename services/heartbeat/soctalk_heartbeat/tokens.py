@@ -101,10 +101,12 @@ class TokenCache:
         return self._unknown.get(prefix, float("-inf"))
 
     async def _load_tokens(self, prefixes: set[str]) -> None:
-        stmt = select(m.AdapterToken).where(
-            m.AdapterToken.prefix == any_(bindparam("p", sorted(prefixes), type_=ARRAY(String))))
+        t = m.AdapterToken
+        # Plain rows, not ORM objects: the refresh reloads every cached token each second.
+        stmt = select(t.prefix, t.token_hash, t.tenant_id, t.created_at, t.version_label, t.expires_at,
+                      t.revoked_at).where(t.prefix == any_(bindparam("p", sorted(prefixes), type_=ARRAY(String))))
         async with self.sessionmaker() as s:
-            found = {r.prefix: _record(r) for r in (await s.execute(stmt)).scalars()}
+            found = {r.prefix: _record(r) for r in (await s.execute(stmt)).all()}
         self.loads += 1
         now = time.monotonic()
         for p in prefixes:
@@ -132,7 +134,7 @@ class TokenCache:
             self._tenants[t] = _Entry(found.get(t), now, old.used if old else now)
 
 
-def _record(row: m.AdapterToken) -> AdapterTokenRecord:
+def _record(row: Any) -> AdapterTokenRecord:
     return AdapterTokenRecord(prefix=row.prefix, token_hash=row.token_hash, tenant_id=str(row.tenant_id),
                               created_at=row.created_at, version_label=row.version_label,
                               expires_at=row.expires_at, revoked_at=row.revoked_at)

@@ -1,0 +1,166 @@
+"""Verified heartbeats per second (token check + durable ``last_seen``) vs raw nats-py core pub→sub.
+
+* ours: the real service process (``python -m soctalk_heartbeat``, default settings) over ``tenants``
+  active tenants seeded with real adapter tokens. Warm-up: one heartbeat per tenant (token cache and
+  per-tenant views loaded, as in steady state). Then the process is paused (SIGSTOP), ``n``
+  heartbeats are published to JetStream, and it is resumed: the figure is ``n`` / (resume → the last
+  heartbeat of every tenant is verified and its ``last_seen``/``last_health`` committed). The last
+  round carries ``adapter_version = bench-final``, so "done" is one exact query on
+  ``heartbeat_state``; it includes the last flush (``heartbeat_flush_s``, 1 s by default).
+  Its CPU time per message is reported too (robust to other load on the machine).
+* raw: the same payload and Authorization header published with nats-py core ``publish`` on one
+  connection and received by a callback subscriber on another, no JetStream, no checks:
+  ``n`` / (first publish → last message received).
+
+``BENCH_PROFILE=1`` samples the service with py-spy during the timed phase (if installed) and writes
+the collapsed stacks to ``bench/results/profile-heartbeat.txt``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+
+import asyncpg
+import nats
+import psutil
+
+from soctalk_common import events as ev
+from soctalk_common.bus import Bus
+from soctalk_common.stack import free_port
+
+from bench.common import FULL, profiler, servers
+from bench.seed import COMPONENTS, Seeded, dsn, seed_tenants
+
+KEY = "bench-adapter-signing-key-0123456789abcdef"
+Msg = tuple[str, bytes, dict[str, str]]
+
+
+def heartbeat(t: Seeded, version: str = "bench-1.0.0") -> Msg:
+    hb = ev.AdapterHeartbeat(tenant_id=t.tenant_id, adapter_version=version, status="ok",
+                             components={c: ev.ComponentHealth(status="ok") for c in COMPONENTS})
+    return hb.subject, hb.model_dump_json().encode(), {"Authorization": f"Bearer {t.token}"}
+
+
+def backlog(seeded: list[Seeded], n: int) -> Iterator[Msg]:
+    """``n`` heartbeats round-robin over the tenants; the last one of each tenant is ``bench-final``."""
+    k = len(seeded)
+    for i in range(n):
+        yield heartbeat(seeded[i % k], "bench-final" if i >= n - k else "bench-1.0.0")
+
+
+async def raw_pubsub(nats_url: str, msgs: list[Msg]) -> float:
+    """Baseline: core NATS, one publisher connection, one subscriber connection, same process."""
+    pub = await nats.connect(nats_url, name="bench-raw-pub")
+    sub_nc = await nats.connect(nats_url, name="bench-raw-sub", pending_size=256 * 1024 * 1024)
+    n = len(msgs)
+    got = 0
+    done = asyncio.Event()
+
+    async def on_msg(_msg) -> None:  # type: ignore[no-untyped-def]
+        nonlocal got
+        got += 1
+        if got == n:
+            done.set()
+
+    sub = await sub_nc.subscribe("bench.raw.*.heartbeat", cb=on_msg, pending_msgs_limit=n + 1,
+                                 pending_bytes_limit=512 * 1024 * 1024)
+    await sub_nc.flush()
+    t = time.perf_counter()
+    for subject, payload, headers in msgs:
+        await pub.publish(subject.replace("soctalk.adapter", "bench.raw"), payload, headers=headers)
+    await pub.flush()
+    await asyncio.wait_for(done.wait(), 120)
+    rate = n / (time.perf_counter() - t)
+    await sub.unsubscribe()
+    await pub.close()
+    await sub_nc.close()
+    return rate
+
+
+async def publish_all(bus: Bus, msgs: Iterable[Msg]) -> None:
+    """The adapters' side (not timed): JetStream publishes, pipelined, every PubAck awaited."""
+    futs = []
+    for s, p, h in msgs:
+        futs.append(await bus.js.publish_async(s, p, headers=h))
+        if len(futs) >= 5000:
+            await asyncio.gather(*futs)
+            futs = []
+    await asyncio.gather(*futs)
+
+
+async def _count(conn: asyncpg.Connection, version: str) -> int:
+    return int(await conn.fetchval(
+        "SELECT count(*) FROM heartbeat_state WHERE last_health->>'adapter_version' = $1", version))
+
+
+async def _until(conn: asyncpg.Connection, version: str, want: int, timeout: float, proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    deadline = time.perf_counter() + timeout
+    while await _count(conn, version) < want:
+        if proc.poll() is not None:
+            raise RuntimeError(f"heartbeat service exited with {proc.returncode}")
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{version}: {await _count(conn, version)} of {want} tenants after {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+async def ours(nats_url: str, database_url: str, seeded: list[Seeded], n: int) -> dict[str, float]:
+    port = free_port()
+    env = dict(os.environ, NATS_URL=nats_url, DATABASE_URL=database_url, SOCTALK_TOKEN_HASH_KEY=KEY,
+               SOCTALK_LOG_LEVEL="WARNING", SOCTALK_HTTP_PORT=str(port), SOCTALK_HTTP_HOST="127.0.0.1")
+    proc = subprocess.Popen([sys.executable, "-m", "soctalk_heartbeat"], env=env)  # noqa: ASYNC220
+    ps = psutil.Process(proc.pid)
+    adapters = await Bus.connect(nats_url, name="bench-adapters")
+    await adapters.ensure_streams()
+    conn = await asyncpg.connect(dsn(database_url))
+    k = len(seeded)
+    try:
+        await publish_all(adapters, (heartbeat(t, "bench-warm") for t in seeded))
+        await _until(conn, "bench-warm", k, 180, proc)
+        await asyncio.sleep(1.5)  # its loops idle again (flush, cache refresh)
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            t_pub = time.perf_counter()
+            await publish_all(adapters, backlog(seeded, n))
+            publish_s = time.perf_counter() - t_pub
+        finally:
+            cpu0 = sum(ps.cpu_times()[:2])
+            t0 = time.perf_counter()
+            os.kill(proc.pid, signal.SIGCONT)
+        with profiler(proc.pid, "heartbeat"):
+            await _until(conn, "bench-final", k, 600, proc)
+        elapsed = time.perf_counter() - t0
+        cpu = sum(ps.cpu_times()[:2]) - cpu0
+        import httpx
+
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        refused = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                      if line.startswith("soctalk_heartbeat_refused_total"))
+    finally:
+        await conn.close()
+        await adapters.close()
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 30)
+    return {"per_s": n / elapsed, "cpu_us": cpu / n * 1e6, "refused": refused, "publish_per_s": n / publish_s}
+
+
+async def run() -> dict[str, float]:
+    tenants = 10_000 if FULL else 2_000
+    n = 300_000 if FULL else 100_000
+    async with servers() as (nats_url, database_url):
+        seeded = await seed_tenants(database_url, tenants, KEY.encode())
+        msgs = list(backlog(seeded, min(n, 100_000)))
+        raw = await raw_pubsub(nats_url, msgs)
+        del msgs
+        o = await ours(nats_url, database_url, seeded, n)
+    assert o["refused"] == 0, f"{o['refused']} heartbeats refused"
+    return {"heartbeat.tenants": tenants, "heartbeat.messages": n,
+            "heartbeat.raw_per_s": round(raw), "heartbeat.ours_per_s": round(o["per_s"]),
+            "heartbeat.ratio": round(o["per_s"] / raw, 3),
+            "heartbeat.ours_cpu_us_per_msg": round(o["cpu_us"], 1),
+            "heartbeat.jetstream_publish_per_s": round(o["publish_per_s"])}
