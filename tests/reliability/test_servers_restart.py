@@ -11,9 +11,9 @@ import shutil
 
 import asyncpg
 import pytest
-
 from soctalk_common import stack
 from soctalk_common.bus import EVENTS_STREAM, Bus
+
 from tests.support.reliability_stack import workdir
 
 pytestmark = pytest.mark.reliability

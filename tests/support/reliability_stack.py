@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-
 from soctalk_cli.devstack import SERVICES, DevStack
 from soctalk_common import stack
 
