@@ -561,17 +561,14 @@ class Applied:
 
 
 def last_applied(ops: Sequence[tuple[str, str]]) -> Applied | None:
-    """From succeeded ``(operation, chart_version)`` pairs, oldest first."""
+    """From succeeded ``(operation, chart_version)`` pairs, oldest first: the last one that leaves a
+    release decides (an upgrade is only approved for a running tenant, so only ``suspend`` leaves it
+    suspended)."""
     live = [(op, v) for op, v in ops if op in ("install", "upgrade", "suspend", "resume")]
     if not live:
         return None
-    suspended = False
-    for op, _ in live:
-        if op == "suspend":
-            suspended = True
-        elif op in ("resume", "install"):
-            suspended = False
-    return Applied(chart_version=live[-1][1], suspended=suspended)
+    op, version = live[-1]
+    return Applied(chart_version=version, suspended=op == "suspend")
 
 
 @dataclass(frozen=True)

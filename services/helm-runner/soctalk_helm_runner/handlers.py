@@ -47,19 +47,24 @@ async def _reconcile(event: ev.Event, ctx: Ctx[Deps], want: Want) -> None:
     if tenant.torn_down and isinstance(desired, Present):
         log.warning("helm.ignored", reason=f"tenant is {tenant.state}", event_type=event.event_type)
         return
-    waiting = records.waiting_state(await records.waiting_op(d.uow, tenant.id))
-    operation = outcomes.desired_operation(desired)
     try:
-        async with leasing.holding(d.uow, tenant.id, f"{d.holder}:{event.event_id}", operation,
-                                   ttl_s=d.settings.lease_ttl_s, clock=d.clock):
-            done = await release.converge(d, tenant, desired, event, waiting=waiting, attempt=ctx.attempt)
-            if isinstance(desired, Absent) and isinstance(done.action, Done):
-                await d.kube.delete_namespace(tenant.namespace)
+        async with leasing.holding(d.uow, tenant.id, f"{d.holder}:{event.event_id}",
+                                   outcomes.desired_operation(desired), ttl_s=d.settings.lease_ttl_s, clock=d.clock):
+            await _locked(event, ctx, tenant, desired)  # observe → act → record, all under the lease
     except OperationInProgress as exc:
         if not domain.gives_up(permanent=False, attempt=ctx.attempt, max_deliver=d.max_deliver):
             raise TemporaryError(str(exc), delay=min(30.0, 2.0 ** ctx.attempt)) from exc
-        return await outcomes.failed(event, ctx, tenant, desired,
-                                     release.StepFailed(Failure("lease", str(exc)), wrote=False))
+        await outcomes.failed(event, ctx, tenant, desired, release.StepFailed(Failure("lease", str(exc)),
+                                                                              wrote=False))
+
+
+async def _locked(event: ev.Event, ctx: Ctx[Deps], tenant: TenantView, desired: Desired) -> None:
+    d = ctx.deps
+    waiting = records.waiting_state(await records.waiting_op(d.uow, tenant.id))
+    try:
+        done = await release.converge(d, tenant, desired, event, waiting=waiting, attempt=ctx.attempt)
+        if isinstance(desired, Absent) and isinstance(done.action, Done):
+            await d.kube.delete_namespace(tenant.namespace)
     except release.StepFailed as exc:
         return await outcomes.failed(event, ctx, tenant, desired, exc)
     except release.NamespaceGone:

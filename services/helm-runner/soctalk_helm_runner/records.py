@@ -18,6 +18,7 @@ from soctalk_common import events as ev
 from soctalk_common.db import models as m
 from soctalk_common.uow import UnitOfWork, UnitOfWorkFactory
 from sqlalchemy import select, text, update
+from sqlalchemy.dialects.postgresql import distinct_on
 
 from soctalk_helm_runner.domain import (
     RELEASE,
@@ -228,26 +229,20 @@ async def assign_edge_ports(uow: UnitOfWorkFactory, tenant_id: uuid.UUID, cause:
 
 async def monitored(uow: UnitOfWorkFactory) -> list[tuple[TenantView, Applied]]:
     """Live tenants with no operation in flight, with what the helm-runner last applied to them."""
+    op = m.ReleaseOperation
     async with uow.sessionmaker() as s:
-        tenants = (await s.execute(select(m.Tenant).where(m.Tenant.deleted_at.is_(None),
-                                                          m.Tenant.state.in_(LIVE)))).scalars().all()
+        busy = select(op.tenant_id).where(op.status == "waiting")
+        tenants = (await s.execute(select(m.Tenant).where(m.Tenant.deleted_at.is_(None), m.Tenant.state.in_(LIVE),
+                                                          m.Tenant.id.not_in(busy)))).scalars().all()
         if not tenants:
             return []
-        ids = [t.id for t in tenants]
-        ops = (await s.execute(select(m.ReleaseOperation).where(m.ReleaseOperation.tenant_id.in_(ids))
-                               .order_by(m.ReleaseOperation.id))).scalars().all()
-    by_tenant: dict[uuid.UUID, list[m.ReleaseOperation]] = {}
-    for op in ops:
-        by_tenant.setdefault(op.tenant_id, []).append(op)
-    out = []
-    for t in tenants:
-        mine = by_tenant.get(t.id, [])
-        if any(o.status == "waiting" for o in mine):
-            continue
-        applied = last_applied([(o.operation, o.chart_version) for o in mine if o.status == "succeeded"])
-        if applied is not None:
-            out.append((TenantView.of(t), applied))
-    return out
+        latest = (await s.execute(
+            select(op.tenant_id, op.operation, op.chart_version)
+            .where(op.tenant_id.in_([t.id for t in tenants]), op.status == "succeeded",
+                   op.operation.in_(("install", "upgrade", "suspend", "resume")))
+            .order_by(op.tenant_id, op.id.desc()).ext(distinct_on(op.tenant_id)))).all()
+    applied = {row.tenant_id: last_applied([(row.operation, row.chart_version)]) for row in latest}
+    return [(TenantView.of(t), a) for t in tenants if (a := applied.get(t.id)) is not None]
 
 
 async def latest_lifecycle(tx: UnitOfWork, tenant_id: uuid.UUID, types: Sequence[str]
