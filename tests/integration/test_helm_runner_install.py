@@ -77,8 +77,11 @@ async def test_failing_workload_is_uninstalled_and_the_namespace_deleted(runner:
     assert await h.history(runner.deps.helm, t.namespace) == []
     assert not await runner.kube.namespace_exists(t.namespace)
     types = [row.type for row in await h.lifecycle(runner.uow, t.id)]
-    assert types[-4:] == ["ReleaseFailing", "HelmUninstalled", "NamespaceDeletionRequested", "ReleaseFailed"]
+    assert types[-5:] == ["ReleaseFailing", "HelmUninstalled", "NamespaceDeletionRequested", "ChartRemoved",
+                          "ReleaseFailed"]
     assert await h.emitted(runner.uow, "ChartApplied", t.id) == []
+    (removed,) = await h.emitted(runner.uow, "ChartRemoved", t.id)
+    assert (removed.namespace, removed.correlation_id) == (t.namespace, failed.correlation_id)
 
 
 async def test_readiness_timeout_undoes_the_install(runner: h.Runner) -> None:

@@ -217,6 +217,8 @@ class Watcher:
             await tx.tenant(row.tenant_id)
             if not await records.finish(tx, row.id, "failed", d.clock.now()):
                 return False
+            if step.undone:  # the failed install is gone with its namespace
+                removed(tx, self._origin(row), tenant)
             out = ev.ChartFailed(operation=row.operation, step=failure.step,
                                  reason=reason[:4000], rolled_back_to=step.rolled_back_to, undone=step.undone,
                                  **records.cause_of(row))
