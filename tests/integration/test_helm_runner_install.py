@@ -114,6 +114,8 @@ async def test_crash_between_install_and_wait_resumes_without_a_second_install(r
     assert crashing.installs == 1
     assert [r.revision for r in await h.history(runner.deps.helm, t.namespace)] == [1]  # exactly one revision
     assert len(await h.emitted(runner.uow, "ChartApplied", t.id)) == 1
+    installed = [r for r in await h.lifecycle(runner.uow, t.id) if r.type == "HelmInstalled"]
+    assert len(installed) == 1 and installed[0].details["recovered"] is True  # the lost record, written once
 
 
 async def test_repeated_secrets_ready_never_installs_twice(runner: h.Runner, kubelet: SimulatedKubelet) -> None:

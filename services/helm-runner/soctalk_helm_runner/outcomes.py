@@ -45,6 +45,8 @@ async def converged(event: ev.Event, ctx: Ctx[Deps], tenant: TenantView, desired
         await tx.tenant(tenant.id)
         _steps(tx, event, tenant, desired_operation(desired), done.steps)
         if isinstance(action, Watch) and isinstance(desired, Present):
+            if not done.steps and not await records.write_recorded(tx, tenant.id, action.revision):
+                _steps(tx, event, tenant, desired.operation, [lost_write(desired, action)])
             timeout = profile_value(d.settings, tenant.profile, "readiness_timeout_s")
             records.new_operation(tx, event, tenant, desired.operation, chart_version=desired.chart_version,
                                   deadline=after(d.clock, timeout), revision=action.revision,
@@ -63,6 +65,14 @@ async def converged(event: ev.Event, ctx: Ctx[Deps], tenant: TenantView, desired
                          message=f"release removed; waiting for namespace {tenant.namespace} to be gone")
         await tx.commit()
     d.wake.set()
+
+
+def lost_write(desired: Present, action: Watch) -> Step:
+    """The record of a write an earlier attempt made and could not commit (it died in between)."""
+    kind = "HelmInstalled" if action.previous is None else "HelmUpgraded"
+    return Step(kind, f"found revision {action.revision} (chart {desired.chart_version}) deployed: the "
+                f"attempt that wrote it stopped before recording it", {
+                    "revision": action.revision, "chart_version": desired.chart_version, "recovered": True})
 
 
 def removed(tx: UnitOfWork, cause: ev.Event, tenant: TenantView) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from soctalk_common import events as ev
 from soctalk_common.db import models as m
 from soctalk_common.uow import UnitOfWork, UnitOfWorkFactory
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import distinct_on
 
 from soctalk_helm_runner.domain import (
@@ -227,22 +227,33 @@ async def assign_edge_ports(uow: UnitOfWorkFactory, tenant_id: uuid.UUID, cause:
 # --- what to monitor ----------------------------------------------------------------------------------
 
 
-async def monitored(uow: UnitOfWorkFactory) -> list[tuple[TenantView, Applied]]:
-    """Live tenants with no operation in flight, with what the helm-runner last applied to them."""
+async def monitored_ids(uow: UnitOfWorkFactory) -> list[tuple[uuid.UUID, Applied]]:
+    """Ids of the live tenants with no operation in flight, with what the helm-runner last applied
+    to them. Ids only: a round over 10,000 tenants must not hold 10,000 configs (bench/README.md)."""
     op = m.ReleaseOperation
     async with uow.sessionmaker() as s:
         busy = select(op.tenant_id).where(op.status == "waiting")
-        tenants = (await s.execute(select(m.Tenant).where(m.Tenant.deleted_at.is_(None), m.Tenant.state.in_(LIVE),
-                                                          m.Tenant.id.not_in(busy)))).scalars().all()
-        if not tenants:
+        ids = (await s.execute(select(m.Tenant.id).where(m.Tenant.deleted_at.is_(None), m.Tenant.state.in_(LIVE),
+                                                         m.Tenant.id.not_in(busy)))).scalars().all()
+        if not ids:
             return []
         latest = (await s.execute(
             select(op.tenant_id, op.operation, op.chart_version)
-            .where(op.tenant_id.in_([t.id for t in tenants]), op.status == "succeeded",
+            .where(op.tenant_id.in_(ids), op.status == "succeeded",
                    op.operation.in_(("install", "upgrade", "suspend", "resume")))
             .order_by(op.tenant_id, op.id.desc()).ext(distinct_on(op.tenant_id)))).all()
     applied = {row.tenant_id: last_applied([(row.operation, row.chart_version)]) for row in latest}
-    return [(TenantView.of(t), a) for t in tenants if (a := applied.get(t.id)) is not None]
+    return [(t, a) for t in ids if (a := applied.get(t)) is not None]
+
+
+async def monitored(uow: UnitOfWorkFactory) -> list[tuple[TenantView, Applied]]:
+    """Live tenants with no operation in flight, with what the helm-runner last applied to them."""
+    out = []
+    for tenant_id, applied in await monitored_ids(uow):
+        view = await tenant_view(uow, tenant_id)
+        if view is not None and view.state in LIVE and not view.deleted:
+            out.append((view, applied))
+    return out
 
 
 async def latest_lifecycle(tx: UnitOfWork, tenant_id: uuid.UUID, types: Sequence[str]
@@ -251,6 +262,22 @@ async def latest_lifecycle(tx: UnitOfWork, tenant_id: uuid.UUID, types: Sequence
         select(m.TenantLifecycleEvent)
         .where(m.TenantLifecycleEvent.tenant_id == tenant_id, m.TenantLifecycleEvent.type.in_(list(types)))
         .order_by(m.TenantLifecycleEvent.id.desc()).limit(1))).scalar_one_or_none()
+
+
+#: Lifecycle types that record a Helm write producing a revision (``details.revision``).
+WRITE_TYPES = ("HelmInstalled", "HelmUpgraded", "HelmRolledBack", "DriftCorrected")
+
+
+async def write_recorded(tx: UnitOfWork, tenant_id: uuid.UUID, revision: int) -> bool:
+    """Whether the write that produced ``revision`` of the current release is in the lifecycle (a
+    process that died between ``helm install`` and its commit leaves it out)."""
+    le = m.TenantLifecycleEvent
+    since = select(func.coalesce(func.max(le.id), 0)).where(le.tenant_id == tenant_id,
+                                                            le.type == "HelmUninstalled").scalar_subquery()
+    found = await tx.session.execute(select(le.id).where(
+        le.tenant_id == tenant_id, le.type.in_(WRITE_TYPES), le.details["revision"].as_integer() == revision,
+        le.id > since).limit(1))
+    return found.first() is not None
 
 
 def drift_keys(row: m.TenantLifecycleEvent | None) -> list[DriftKey]:
