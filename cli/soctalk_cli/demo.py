@@ -86,9 +86,9 @@ async def provision(ds: Any, file: Path, timeout: float, keep: bool) -> int:
 
         async def follow() -> str:
             async for e in tail_lifecycle(bus, tenant_id=event.tenant_id, follow=True):
-                console.print(f"  +{time.monotonic() - t0:6.2f}s  {e.type:<22} "
-                              f"{(e.state_from or '·') + ' → ' + e.state_to if e.state_to else '':<26} "
-                              f"{e.message}"[:160], markup=False)
+                states = f"{e.state_from or '·'} → {e.state_to}" if e.state_to and e.state_to != e.state_from else ""
+                console.print(f"  +{time.monotonic() - t0:6.2f}s  {e.type:<22} {states:<26} {e.message}"[:200],
+                              markup=False, soft_wrap=True)
                 if e.state_to in ("active", "failed"):
                     return e.state_to
             return "unknown"
@@ -166,9 +166,16 @@ async def summary(sm: Any, tenant_id: uuid.UUID) -> None:
     ])
     table("secrets (references only)", ["where", "name", "key", "version"],
           [[r.namespace or r.path, r.name, r.key, r.version_label] for r in refs])
-    rows, prev = [], events[0].occurred_at if events else None
+    # The onboarding steps, each measured from the previous milestone's lifecycle event.
+    milestones = [("validate + accept", "TenantAccepted"), ("secrets", "SecretsReady"),
+                  ("render + helm install", "HelmInstalled"), ("workloads ready", "ReleaseReady"),
+                  ("adapter heartbeat → active", "TenantActivated")]
+    first = {}
     for e in events:
-        if e.state_to or e.type in ("SecretsReady", "ChartApplied", "TenantActivated"):
-            rows.append([e.type, e.state_to or "", f"{(e.occurred_at - prev).total_seconds() * 1000:.0f} ms"])
-            prev = e.occurred_at
-    table("time per step", ["event", "state", "since previous"], rows)
+        first.setdefault(e.type, e.occurred_at)
+    rows, prev = [], events[0].occurred_at if events else None
+    for label, type_ in milestones:
+        if type_ in first and prev is not None:
+            rows.append([label, type_, f"{(first[type_] - prev).total_seconds() * 1000:.0f} ms"])
+            prev = first[type_]
+    table("time per step", ["step", "lifecycle event", "took"], rows)

@@ -63,6 +63,7 @@ class DevStack:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         self._start_servers()
         self._start_cluster()
+        await self._ensure_system_namespace()
         await upgrade_async(self.database_url)
         from soctalk_common.bus import Bus
 
@@ -117,6 +118,16 @@ class DevStack:
         self._cluster = handle
         self.kubeconfig_path = handle.kubeconfig_path
         self.emulated = handle.is_emulated
+
+    async def _ensure_system_namespace(self) -> None:
+        """What ``helm install soctalk-system`` provides on a real cluster: the install namespace."""
+        from soctalk_common.gateways.kube import KubeGateway
+
+        kube = await KubeGateway.from_kubeconfig(self.kubeconfig_path)
+        try:
+            await kube.ensure_namespace("soctalk-system", {"app.kubernetes.io/part-of": "soctalk"})
+        finally:
+            await kube.close()
 
     async def _start_kubelet(self) -> None:
         assert self._cluster is not None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import uuid
 from collections.abc import Awaitable, Callable
@@ -107,7 +108,9 @@ class ServiceRuntime(Generic[D]):
 
     # -- transport -------------------------------------------------------------------------------
     def build_broker(self, nats_url: str) -> NatsBroker:
-        broker = NatsBroker(nats_url, connect_timeout=2, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+        # FastStream's per-message INFO lines go to a stdlib logger at DEBUG (filtered; ours are structured).
+        broker = NatsBroker(nats_url, connect_timeout=2, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                            logger=logging.getLogger("soctalk.faststream"), log_level=logging.DEBUG)
         for r in self.routes.values():
             subject = ev.subject_filter(r.event_type)
             stream = stream_for_subject(subject.replace("*", "x"))
