@@ -9,7 +9,7 @@ from typing import Any, Literal, Protocol
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from soctalk_common.clock import Clock, SystemClock
 from soctalk_common.compat import CompatEntry, load_compatibility
-from soctalk_common.errors import NotFound
+from soctalk_common.errors import Forbidden, NotFound
 from soctalk_common.gateways.helm import ReleaseInfo
 from soctalk_common.settings import Settings
 from soctalk_common.uow import UnitOfWorkFactory
@@ -73,8 +73,10 @@ class FeatureProbe:
     async def _serves(self, api_version: str, kind: str) -> bool:
         try:
             await self.kube.list(api_version, kind, namespace=self.system_namespace)
-        except NotFound:
+        except NotFound:  # discovery does not know the group/version: not installed
             return False
+        except Forbidden:  # served, we may just not list it
+            return True
         return True
 
     async def get(self) -> ClusterFeatures:

@@ -87,6 +87,7 @@ class Converged:
 
 @dataclass(frozen=True)
 class Prepared:
+    tenant: TenantView  # with its edge ports once assigned
     chart: chartsrc.ChartSource
     values: dict[str, Any]
     warning: str | None = None
@@ -112,7 +113,7 @@ def rollback_target(observed: Observed) -> int | None:
     return None
 
 
-async def prepare(d: Deps, tenant: TenantView, desired: Present, cause: Any) -> tuple[TenantView, Prepared]:
+async def prepare(d: Deps, tenant: TenantView, desired: Present, cause: Any) -> Prepared:
     """Chart, compatibility and values for ``desired``; ``StepFailed(wrote=False)`` if any is wrong."""
     try:
         chart = chartsrc.locate(d.settings.charts_dir, desired.chart_version)
@@ -136,7 +137,7 @@ async def prepare(d: Deps, tenant: TenantView, desired: Present, cause: Any) -> 
         raise StepFailed(Failure(domain.STEP_VALUES, "; ".join(f"{p}: {msg}" for p, msg in errors)[:2000]),
                          wrote=False)
     warning = f"{v.tenant} is deprecated on {v.system}: {v.notes or ''}".strip() if v.warn else None
-    return tenant, Prepared(chart, values, warning)
+    return Prepared(tenant, chart, values, warning)
 
 
 async def converge(d: Deps, tenant: TenantView, desired: Desired, cause: Any, *,
@@ -154,20 +155,27 @@ async def converge(d: Deps, tenant: TenantView, desired: Desired, cause: Any, *,
             steps.append(Step("ReleaseWaitSuperseded", f"{closed} waiting operation(s) closed"))
             waiting = None
             continue
-        try:
-            tenant, step = await _write(d, tenant, desired, action, cause)
+        try:  # checks before the write: a failure here changed nothing
+            prep = await _before(d, tenant, desired, action, cause)
         except StepFailed as exc:
-            exc.steps = steps + exc.steps
-            exc.previous = rollback_target(observed)
+            exc.steps, exc.previous = steps + exc.steps, rollback_target(observed)
             raise
         except NamespaceGone:
             raise
         except Exception as exc:
-            permanent = isinstance(exc, PermanentError)
-            if domain.gives_up(permanent=permanent, attempt=attempt, max_deliver=d.max_deliver):
-                reason = f"{type(exc).__name__}: {exc}"[:2000]
-                raise StepFailed(Failure(_step_name(action), reason), wrote=True,
+            if domain.gives_up(permanent=isinstance(exc, PermanentError), attempt=attempt,
+                               max_deliver=d.max_deliver):
+                raise StepFailed(Failure("prepare", f"{type(exc).__name__}: {exc}"[:2000]), wrote=False,
                                  previous=rollback_target(observed), steps=steps) from exc
+            raise
+        tenant = prep.tenant if prep is not None else tenant
+        try:
+            step = await _write(d, tenant, action, prep)
+        except Exception as exc:
+            if domain.gives_up(permanent=isinstance(exc, PermanentError), attempt=attempt,
+                               max_deliver=d.max_deliver):
+                raise StepFailed(Failure(_step_name(action), f"{type(exc).__name__}: {exc}"[:2000]),
+                                 wrote=True, previous=rollback_target(observed), steps=steps) from exc
             raise
         steps.append(step)
     raise TemporaryError(f"release {tenant.namespace}/{RELEASE} did not settle after {MAX_STEPS} steps "
@@ -179,36 +187,41 @@ def _step_name(action: Action) -> str:
             RecoverPending: "recover-pending"}.get(type(action), type(action).__name__.lower())
 
 
-async def _write(d: Deps, tenant: TenantView, desired: Desired, action: Action, cause: Any
-                 ) -> tuple[TenantView, Step]:
+async def _before(d: Deps, tenant: TenantView, desired: Desired, action: Action, cause: Any) -> Prepared | None:
+    """Chart, compatibility and values for an install/upgrade; an install needs its namespace."""
+    if not isinstance(action, Install | Upgrade):
+        return None
+    assert isinstance(desired, Present)
+    if isinstance(action, Install) and not await d.kube.namespace_exists(tenant.namespace):
+        raise NamespaceGone(f"namespace {tenant.namespace} does not exist")
+    return await prepare(d, tenant, desired, cause)
+
+
+async def _write(d: Deps, tenant: TenantView, action: Action, prep: Prepared | None) -> Step:
     ns, timeout = tenant.namespace, d.settings.helm_timeout_s
     if isinstance(action, Install | Upgrade):
-        assert isinstance(desired, Present)
-        tenant, prep = await prepare(d, tenant, desired, cause)
-        details = {"chart_version": prep.chart.version, "suspended": desired.suspended}
+        assert prep is not None
+        details: dict[str, Any] = {"chart_version": prep.chart.version, "suspended": prep.values["suspended"]}
         if prep.warning:
             details["warning"] = prep.warning
         if isinstance(action, Install):
-            if not await d.kube.namespace_exists(ns):
-                raise NamespaceGone(f"namespace {ns} does not exist")
             info = await d.helm.install(RELEASE, str(prep.chart.path), ns, prep.values, timeout=timeout)
-            return tenant, Step("HelmInstalled", f"installed {RELEASE} revision {info.revision} "
-                                f"(chart {prep.chart.version})", {**details, "revision": info.revision})
+            return Step("HelmInstalled", f"installed {RELEASE} revision {info.revision} "
+                        f"(chart {prep.chart.version})", {**details, "revision": info.revision})
         info = await d.helm.upgrade(RELEASE, str(prep.chart.path), ns, prep.values, timeout=timeout)
-        return tenant, Step("HelmUpgraded", f"upgraded {RELEASE} to revision {info.revision} "
-                            f"(chart {prep.chart.version})", {**details, "revision": info.revision})
+        return Step("HelmUpgraded", f"upgraded {RELEASE} to revision {info.revision} "
+                    f"(chart {prep.chart.version})", {**details, "revision": info.revision})
     if isinstance(action, Rollback):
         info = await d.helm.rollback(RELEASE, ns, action.revision)
-        return tenant, Step("HelmRolledBack", f"rolled back to revision {action.revision} "
-                            f"(now revision {info.revision})",
-                            {"to": action.revision, "revision": info.revision})
+        return Step("HelmRolledBack", f"rolled back to revision {action.revision} (now revision {info.revision})",
+                    {"to": action.revision, "revision": info.revision})
     if isinstance(action, Uninstall):
         await d.helm.uninstall(RELEASE, ns, timeout=timeout)
-        return tenant, Step("HelmUninstalled", f"uninstalled {RELEASE} from {ns}")
+        return Step("HelmUninstalled", f"uninstalled {RELEASE} from {ns}")
     if isinstance(action, RecoverPending):
         done = await d.helm.recover_pending(RELEASE, ns, min_age=d.pending_min_age_s)
         if done is None:
             raise TemporaryError(f"{ns}/{RELEASE} is pending-* but younger than {d.pending_min_age_s:g}s: "
                                  "another operation may still own it", delay=10.0)
-        return tenant, Step("PendingReleaseRecovered", done)
+        return Step("PendingReleaseRecovered", done)
     raise AssertionError(f"not a write: {action!r}")
