@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from soctalk_common import events as ev
 from soctalk_common.db import models as m
-from soctalk_common.errors import TemporaryError
+from soctalk_common.errors import InvalidObject, TemporaryError, Unavailable
 from soctalk_kubesim import SimulatedKubelet
 from sqlalchemy import select
 
@@ -233,3 +233,39 @@ async def test_watcher_reports_each_operation_once_across_replicas(runner: h.Run
     closed = await asyncio.gather(runner.watcher.tick(), other.tick(), h.Watcher(runner.deps).tick())
     assert sum(closed) == 1
     assert len(await h.emitted(runner.uow, "ChartApplied", t.id)) == 1
+
+
+class BrokenDiscovery(h.Wrapper):
+    async def list(self, *args: object, **kwargs: object) -> object:
+        raise InvalidObject("API discovery answered nonsense (injected)")
+
+
+class UnreachableHelm(h.Wrapper):
+    async def install(self, *args: object, **kwargs: object) -> object:
+        raise Unavailable("helm install: Kubernetes cluster unreachable (injected)")
+
+
+async def test_a_failing_check_before_any_write_never_undoes(runner: h.Runner) -> None:
+    deps = h.make_deps(runner.uow, BrokenDiscovery(runner.kube), runner.deps.helm, runner.clock,
+                       runner.deps.settings.charts_dir, runner.deps.settings.compatibility_file)
+    t = await runner.add_tenant()
+    await runner.handle(h.secrets_ready(t), deps=deps)
+    (failed,) = await h.emitted(runner.uow, "ChartFailed", t.id)
+    assert (failed.step, failed.undone) == ("prepare", False) and "nonsense" in failed.reason
+    assert await runner.kube.namespace_exists(t.namespace) and await h.ops(runner.uow, t.id) == []
+
+
+async def test_temporary_helm_errors_are_retried_then_undone_on_the_last_delivery(runner: h.Runner) -> None:
+    deps = h.make_deps(runner.uow, runner.kube, UnreachableHelm(runner.deps.helm), runner.clock,
+                       runner.deps.settings.charts_dir, runner.deps.settings.compatibility_file)
+    t = await runner.add_tenant()
+    cause = h.secrets_ready(t)
+    with pytest.raises(Unavailable):
+        await runner.handle(cause, attempt=1, deps=deps)  # the runtime redelivers with backoff
+    assert await h.ops(runner.uow, t.id) == []
+    await runner.handle(cause, attempt=deps.max_deliver - 1, deps=deps)  # next-to-last: give up, report
+    (op,) = await runner.settle(t.id)
+    (failed,) = await h.emitted(runner.uow, "ChartFailed", t.id)
+    assert (failed.step, failed.undone) == ("install", True) and "unreachable" in failed.reason
+    assert op.reason.startswith("install: Unavailable")
+    assert not await runner.kube.namespace_exists(t.namespace)
