@@ -269,3 +269,38 @@ async def test_temporary_helm_errors_are_retried_then_undone_on_the_last_deliver
     assert (failed.step, failed.undone) == ("install", True) and "unreachable" in failed.reason
     assert op.reason.startswith("install: Unavailable")
     assert not await runner.kube.namespace_exists(t.namespace)
+
+
+def crd(group: str, version: str, kind: str, plural: str) -> dict[str, object]:
+    schema = {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.{group}"},
+            "spec": {"group": group, "scope": "Namespaced",
+                     "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
+                     "versions": [{"name": version, "served": True, "storage": True, "schema": schema}]}}
+
+
+async def test_cilium_and_cert_manager_objects_are_rendered_when_the_cluster_serves_them(
+        uow: h.UnitOfWorkFactory, charts_dir: h.Path, compat_file: h.Path) -> None:
+    """A private emulator with the two CRDs (a shared or real cluster is left alone)."""
+    from soctalk_kubesim import start_cluster
+
+    private = start_cluster()
+    gw = await h.KubeGateway.from_kubeconfig(private.kubeconfig_path)
+    helm = h.HelmGateway(private.kubeconfig_path, default_timeout=60)
+    try:
+        await gw.apply(crd("cilium.io", "v2", "CiliumNetworkPolicy", "ciliumnetworkpolicies"))
+        await gw.apply(crd("cert-manager.io", "v1", "Certificate", "certificates"))
+        clock = h.FakeClock()
+        r = h.Runner(uow, gw, h.make_deps(uow, gw, helm, clock, charts_dir, compat_file), clock)
+        t = await r.add_tenant()
+        await r.handle(h.secrets_ready(t))
+        assert await gw.get("cilium.io/v2", "CiliumNetworkPolicy", "allow-llm-egress", t.namespace) is not None
+        assert await gw.get("cert-manager.io/v1", "Certificate", "wazuh-agent-tls", t.namespace) is not None
+        values = await helm.values("soctalk-tenant", t.namespace)
+        assert values["networkPolicies"]["fqdnEngine"] == "cilium"
+        assert values["wazuhIngress"]["tls"]["issuerRef"] == "letsencrypt-prod"
+    finally:
+        helm.close()
+        await gw.close()
+        private.stop()
