@@ -231,19 +231,20 @@ async def monitored_ids(uow: UnitOfWorkFactory) -> list[tuple[uuid.UUID, Applied
     """Ids of the live tenants with no operation in flight, with what the helm-runner last applied
     to them. Ids only: a round over 10,000 tenants must not hold 10,000 configs (bench/README.md)."""
     op = m.ReleaseOperation
+    busy = select(op.tenant_id).where(op.status == "waiting")
+    latest = (select(op.tenant_id, op.operation, op.chart_version)  # one query, however many tenants
+              .join(m.Tenant, m.Tenant.id == op.tenant_id)
+              .where(m.Tenant.deleted_at.is_(None), m.Tenant.state.in_(LIVE), op.tenant_id.not_in(busy),
+                     op.status == "succeeded", op.operation.in_(("install", "upgrade", "suspend", "resume")))
+              .order_by(op.tenant_id, op.id.desc()).ext(distinct_on(op.tenant_id)))
     async with uow.sessionmaker() as s:
-        busy = select(op.tenant_id).where(op.status == "waiting")
-        ids = (await s.execute(select(m.Tenant.id).where(m.Tenant.deleted_at.is_(None), m.Tenant.state.in_(LIVE),
-                                                         m.Tenant.id.not_in(busy)))).scalars().all()
-        if not ids:
-            return []
-        latest = (await s.execute(
-            select(op.tenant_id, op.operation, op.chart_version)
-            .where(op.tenant_id.in_(ids), op.status == "succeeded",
-                   op.operation.in_(("install", "upgrade", "suspend", "resume")))
-            .order_by(op.tenant_id, op.id.desc()).ext(distinct_on(op.tenant_id)))).all()
-    applied = {row.tenant_id: last_applied([(row.operation, row.chart_version)]) for row in latest}
-    return [(t, a) for t in ids if (a := applied.get(t)) is not None]
+        rows = (await s.execute(latest)).all()
+    out = []
+    for row in rows:
+        applied = last_applied([(row.operation, row.chart_version)])
+        if applied is not None:
+            out.append((row.tenant_id, applied))
+    return out
 
 
 async def monitored(uow: UnitOfWorkFactory) -> list[tuple[TenantView, Applied]]:
