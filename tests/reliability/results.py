@@ -48,6 +48,7 @@ def summarize(sections: dict[str, Any]) -> dict[str, Any]:
         "duplicated": _sum(sections, "duplicated"),
         "fuzz_cases_tried": _sum(sections, "fuzz_tried"),
         "fuzz_cases_rejected": _sum(sections, "fuzz_rejected"),
+        "fuzz_cases_valid_accepted": _sum(sections, "fuzz_accepted_valid"),
         "canary_hits": _sum(sections, "canary_hits"),
         "tokens_accepted_wrongly": _sum(sections, "tokens_accepted_wrongly"),
         "tenants_active_after_chaos": crash.get("active"),

@@ -55,10 +55,6 @@ pytestmark = pytest.mark.reliability
 ONCE = [("TenantAccepted", "validate"), ("SecretsReady", "secrets"), ("StepCompleted", "secrets"),
         ("HelmInstalled", "install"), ("ReadinessWaitStarted", "install"), ("ReleaseReady", "install"),
         ("StepCompleted", "chart"), ("TenantActivated", "activate")]
-#: A known bug with its own failing test (test_helm_runner_crash_window.py): a helm-runner that dies
-#: between ``helm install`` and its commit leaves the release installed once but never records
-#: ``HelmInstalled``. Counted in ``lost`` and ``lost_known_bug``; not a failure of this test.
-KNOWN_LOST = ("HelmInstalled", "install")
 KILLABLE = ["relay", "provisioner", "secrets", "helm-runner", "heartbeat", "api"]
 
 
@@ -245,7 +241,7 @@ async def audit(run: ChaosRun, sm: Any) -> None:
     kube = await KubeGateway.from_kubeconfig(ds.kubeconfig_path)
     helm = HelmGateway(ds.kubeconfig_path)
     bus = await Bus.connect(ds.nats_url, name="reliability-audit")
-    lost = duplicated = known_lost = 0
+    lost = duplicated = 0
     try:
         async with sm() as s:
             lc = m.TenantLifecycleEvent
@@ -275,10 +271,7 @@ async def audit(run: ChaosRun, sm: Any) -> None:
             history = [h.revision for h in await helm.history(rt.RELEASE, f"tenant-{req.slug}")]
             for key in ONCE:
                 n = counts.get(key, 0)
-                if n == 0 and key == KNOWN_LOST and history == [1]:
-                    known_lost += 1  # the install happened once; only its lifecycle event is missing
-                    lost += 1
-                elif n != 1:
+                if n != 1:
                     problems.append(f"lifecycle {key[0]}/{key[1]} recorded {n} times")
                     lost += n == 0
                     duplicated += max(0, n - 1)
@@ -356,7 +349,7 @@ async def audit(run: ChaosRun, sm: Any) -> None:
         if glob:
             run.problems["global"] = glob
         run.figures.update({
-            "lost": lost, "duplicated": duplicated, "lost_known_bug": known_lost, "lifecycle_rows": len(rows),
+            "lost": lost, "duplicated": duplicated, "lifecycle_rows": len(rows),
             "lifecycle_stream_messages": len(lifecycle_msgs), "event_stream_messages": len(event_msgs),
             "other_lifecycle_events": dict(sorted(other_types.items())),
             "dead_lettered_or_rejected": {t: n for t, n in dead},
@@ -397,7 +390,7 @@ async def test_every_tenant_onboards_exactly_once_through_kills_and_restarts(cha
     assert chaos.converged and not chaos.problems, (
         f"seed {chaos.seed} (SOCTALK_CHAOS_SEED to replay), logs in {logs} (SOCTALK_RELIABILITY_KEEP=1 keeps "
         f"them); {chaos.figures['active']}/{len(chaos.requested)} active; problems:\n{detail}")
-    assert chaos.figures["lost"] - chaos.figures["lost_known_bug"] == 0 and chaos.figures["duplicated"] == 0
+    assert chaos.figures["lost"] == 0 and chaos.figures["duplicated"] == 0
 
 
 async def test_no_tenant_secret_leaks_after_the_chaos(chaos: ChaosRun) -> None:

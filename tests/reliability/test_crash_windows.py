@@ -3,8 +3,9 @@
 The helm-runner writes to the cluster (``helm install``) and only afterwards commits what it did
 (``HelmInstalled`` lifecycle event, release operation row) in one transaction. When the process dies
 — or its commit fails — between the two, the redelivered ``SecretsReady`` finds the release already
-deployed, reconciles to "watch revision 1" without a write, and ``HelmInstalled`` is never recorded:
-the install happened exactly once, but the tenant's lifecycle does not say so.
+deployed. It used to reconcile to "watch revision 1" without a write and never record
+``HelmInstalled`` (the install happened exactly once, but the tenant's lifecycle did not say so);
+fixed in the helm-runner (942cd03), this test keeps it fixed.
 
 Here the rest of the control plane runs as processes (``ReliabilityStack`` without its helm-runner);
 the helm-runner runs in this process with a fault-injecting Helm port that lets the first install

@@ -57,7 +57,8 @@ def _record(surface: str, tried: Counter[str], rejected: Counter[str], accepted_
     FUZZ[surface] = {"tried": sum(tried.values()), "rejected": sum(rejected.values()),
                      "accepted_valid": accepted_valid, "by_kind": dict(sorted(tried.items()))}
     record("fuzz_inputs", {"surfaces": FUZZ, "fuzz_tried": sum(s["tried"] for s in FUZZ.values()),
-                           "fuzz_rejected": sum(s["rejected"] for s in FUZZ.values())})
+                           "fuzz_rejected": sum(s["rejected"] for s in FUZZ.values()),
+                           "fuzz_accepted_valid": sum(s["accepted_valid"] for s in FUZZ.values())})
 
 
 async def _published(bus: Bus) -> int:

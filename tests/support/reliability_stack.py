@@ -5,12 +5,15 @@
 * ``skip``: services not to start (e.g. the helm-runner in suites that do not install charts);
 * ``restart_nats()``: stop and start the stack's own nats-server on the same port and store dir
   (JetStream state on disk survives, clients reconnect);
-* ``restart_postgres()``: ``PostgresServer.restart()`` (immediate stop, crash recovery, same port);
+* ``restart_postgres()``: ``PostgresServer.restart()`` (every connection cut, in-flight transactions
+  rolled back, same port and data);
 * ``supervise()``: restart any service that died, as a kubelet would (``restartPolicy: Always``), with
   the restarts and abnormal exits counted — a service that cannot start while NATS or Postgres is
   down exits and is started again, it must never stay down.
 
-Everything else (``kill``, ``restart``, ``alive``, ``procs``, URLs, ``workdir``) is ``DevStack``'s.
+* ``workdir``: a fresh folder an unprivileged Postgres can traverse (see :func:`workdir`).
+
+Everything else (``kill``, ``restart``, ``alive``, ``procs``, URLs) is ``DevStack``'s.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def workdir(prefix: str = "soctalk-rel-") -> Path:
 @dataclass
 class ReliabilityStack(DevStack):
     workdir: Path = field(default_factory=workdir)
-    simulate_kubelet: bool | None = True
+    simulate_kubelet: bool | None = True  # also on a real cluster: node-less control planes
     skip: frozenset[str] = frozenset()
     restarts: Counter[str] = field(default_factory=Counter)
     exits: list[tuple[str, int | None]] = field(default_factory=list)
@@ -72,16 +75,6 @@ class ReliabilityStack(DevStack):
         if name in self.skip:
             return
         super()._spawn(name, module)
-
-    async def _start_kubelet(self) -> None:
-        # Runs after the cluster is up and before any service starts (every reliability stack simulates
-        # the kubelet): first the namespace the soctalk-system chart would create, where the secrets
-        # service keeps the install's keys — DevStack does not create it (see reliability/README.md).
-        from soctalk_common.gateways.kube import KubeGateway
-
-        async with await KubeGateway.from_kubeconfig(self.kubeconfig_path) as kube:
-            await kube.ensure_namespace("soctalk-system", {"app.kubernetes.io/part-of": "soctalk"})
-        await super()._start_kubelet()
 
     # -- the servers this stack owns -----------------------------------------------------------------
     @property
