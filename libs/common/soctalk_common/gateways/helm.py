@@ -370,7 +370,10 @@ class HelmGateway:
 
     async def manifest(self, release: str, namespace: str, revision: int | None = None) -> str:
         def manifest(_: Any) -> str:
-            return str(self._config(namespace).status(release, revision=revision).get("manifest") or "")
+            # ``get_all`` reads the stored release only; ``status`` also looks up every resource of it
+            # in the cluster (6x the time against the emulator, one request per object).
+            stored = self._config(namespace).get_all(release, revision=revision)
+            return str((stored.get("summary") or {}).get("manifest") or "")
 
         return await self._run(f"helm manifest of release {namespace}/{release}", manifest, None)
 
