@@ -29,7 +29,6 @@ from collections.abc import Iterable, Iterator
 import asyncpg
 import nats
 import psutil
-
 from soctalk_common import events as ev
 from soctalk_common.bus import Bus
 from soctalk_common.stack import free_port
@@ -138,7 +137,8 @@ async def ours(nats_url: str, database_url: str, seeded: list[Seeded], n: int) -
         cpu = sum(ps.cpu_times()[:2]) - cpu0
         import httpx
 
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        async with httpx.AsyncClient() as client:
+            metrics = (await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)).text
         refused = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                       if line.startswith("soctalk_heartbeat_refused_total"))
     finally:

@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import psutil
-
 from soctalk_common.bus import Bus
 
 from bench.common import FULL

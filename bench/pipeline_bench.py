@@ -25,6 +25,7 @@ TenantActivated (includes our stand-in adapter reading its token and sending one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -33,13 +34,11 @@ import time
 import uuid
 from collections import defaultdict
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import yaml
 from nats.js.api import DeliverPolicy
-
 from soctalk_api import commands as cmds
 from soctalk_common import charts
 from soctalk_common import events as ev
@@ -140,10 +139,8 @@ class Run:
                 raise TimeoutError(f"{left} of {len(ids)} tenants had no ChartApplied after {timeout}s "
                                    f"(logs: {self.ds.workdir}/logs)")
             self._changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), 1.0)
-            except TimeoutError:
-                pass
         failed = {i: self.failed[i] for i in ids if i in self.failed and i not in self.applied}
         if failed:
             raise RuntimeError(f"{len(failed)} tenants failed: {list(failed.values())[:5]} "
@@ -165,10 +162,8 @@ def cpu_by_process(ds: Any) -> dict[str, float]:
     me = psutil.Process()
     out["bench (emulator, kubelet, adapters)"] = sum(me.cpu_times()[:2])
     for name, p in ds.procs.items():
-        try:
+        with contextlib.suppress(psutil.Error):
             out[name] = sum(psutil.Process(p.pid).cpu_times()[:2])
-        except psutil.Error:
-            pass
     for srv in getattr(ds, "_owned", []):
         try:
             if type(srv).__name__ == "NatsServer" and srv.proc is not None:
@@ -279,7 +274,7 @@ async def baseline(ds: Any, template: dict[str, Any], warm_id: str, warm_slug: s
             stdout=asyncio.subprocess.PIPE, env=dict(os.environ, KUBECONFIG=ds.kubeconfig_path))
         out, _ = await proc.communicate()
     finally:
-        Path(f.name).unlink()
+        os.unlink(f.name)
     if proc.returncode != 0:
         raise RuntimeError(f"helm_direct exited with {proc.returncode}")
     return json.loads(out.decode().strip().splitlines()[-1])

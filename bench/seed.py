@@ -16,7 +16,6 @@ from pathlib import Path
 
 import asyncpg
 import yaml
-
 from soctalk_common.settings import Settings
 from soctalk_secrets.domain import new_token_record
 

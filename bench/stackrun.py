@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
-
 from soctalk_cli.devstack import DevStack
 
 KEY = "bench-adapter-signing-key-0123456789abcdef"
