@@ -66,6 +66,12 @@ def load_request_file(path: Path) -> tuple[dict[str, Any], str | None]:
     except FileNotFoundError:
         err_console.print(f"[red]error:[/red] {path}: no such file")
         raise typer.Exit(EXIT_USAGE) from None
+    except UnicodeDecodeError as exc:
+        err_console.print(f"[red]error:[/red] {path}: not UTF-8 text (byte {exc.start})")
+        raise typer.Exit(EXIT_USAGE) from None
+    except IsADirectoryError:
+        err_console.print(f"[red]error:[/red] {path}: is a directory")
+        raise typer.Exit(EXIT_USAGE) from None
     except yaml.YAMLError as exc:
         err_console.print(f"[red]error:[/red] {path}: not valid YAML/JSON ({str(exc).splitlines()[0]})")
         raise typer.Exit(EXIT_USAGE) from None
