@@ -122,8 +122,10 @@ class _Puller:
 
     ``fetch(batch, timeout)`` returns what the consumer has now (up to ``batch``), else waits up to
     ``timeout`` for the next message; ``[]`` when none came. A request ends with its batch complete
-    or with the server's status (404 no messages, 408 expired, 409 ...). A message that arrives after
-    its request was given up is kept for the next fetch, never dropped.
+    or with the server's status (404 no messages, 408 expired, 409 ...). After a full batch the next
+    request is sent at once, so a backlog streams in while the caller handles the batch. A message
+    that arrives after its request was given up is kept for the next fetch, never dropped (one left
+    unhandled at shutdown is redelivered after AckWait).
     """
 
     def __init__(self, nc: Any, stream: str, durable: str) -> None:
@@ -133,6 +135,7 @@ class _Puller:
         self._buf: list[Any] = []
         self._want = 0
         self._done = asyncio.Event()
+        self._prefetching = False
         self._sub: Any = None
 
     async def start(self) -> _Puller:
@@ -147,10 +150,12 @@ class _Puller:
         elif (msg.headers or {}).get("Status") != "100":  # 100 = idle heartbeat; others end a request
             self._done.set()
 
-    async def _request(self, req: dict[str, Any], want: int, wait_s: float) -> list[Any]:
+    async def _send(self, req: dict[str, Any], want: int) -> None:
         self._want = want
         self._done.clear()
         await self.nc.publish(self.subject, json.dumps(req).encode(), reply=self.inbox)
+
+    async def _wait(self, wait_s: float) -> list[Any]:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_s):
                 await self._done.wait()
@@ -158,13 +163,21 @@ class _Puller:
         return msgs
 
     async def fetch(self, batch: int, timeout: float) -> list[Any]:  # noqa: ASYNC109
-        if self._buf:
+        if self._prefetching:  # asked for while the previous batch was being handled
+            self._prefetching = False
+            msgs = await self._wait(max(timeout, 1.0))
+        elif self._buf:
             msgs, self._buf = self._buf, []
-            return msgs
-        msgs = await self._request({"batch": batch, "no_wait": True}, batch, max(timeout, 1.0))
-        if msgs:
-            return msgs
-        return await self._request({"batch": 1, "expires": int(timeout * 1e9)}, 1, timeout + 1.0)
+        else:
+            await self._send({"batch": batch, "no_wait": True}, batch)
+            msgs = await self._wait(max(timeout, 1.0))
+        if not msgs:
+            await self._send({"batch": 1, "expires": int(timeout * 1e9)}, 1)
+            return await self._wait(timeout + 1.0)
+        if len(msgs) >= batch:  # a full batch: more are likely waiting, let them arrive meanwhile
+            await self._send({"batch": batch, "no_wait": True}, batch)
+            self._prefetching = True
+        return msgs
 
     async def unsubscribe(self) -> None:
         if self._sub is not None:
