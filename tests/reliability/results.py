@@ -1,5 +1,8 @@
 """Figures of a reliability run, merged into ``reliability/results/latest.json``.
 
+The same document is also written to ``<mode>-latest.json`` (``ci-latest.json`` / ``soak-latest.json``)
+so the last soak figures survive later CI runs in a shared tree.
+
 Each test calls :func:`record` with its section name and its figures; sections from the same mode
 (``ci`` or ``soak``) are merged, a run in the other mode starts the file afresh (CI figures never
 sit next to soak figures). ``summary`` is recomputed from the sections on every write, so the file
@@ -86,7 +89,9 @@ def record(section: str, figures: dict[str, Any], path: Path = RESULTS) -> dict[
             "summary": summarize(sections),
             "sections": dict(sorted(sections.items())),
         }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
-        tmp.replace(path)
+        text = json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n"
+        for target in (path, path.with_name(f"{mode()}-latest.json")):  # the mode's copy survives the other's runs
+            tmp = target.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(target)
     return doc
