@@ -1,4 +1,5 @@
-"""The adapter simulator behind ``soctalk adapter simulate``, on a real NATS JetStream."""
+"""The adapter simulator behind ``soctalk adapter simulate``, on a real NATS server (core subjects:
+heartbeats carry the token, so no stream stores them)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import uuid
 from dataclasses import dataclass, field
 
 import pytest
-
-from soctalk_common.bus import ADAPTER_STREAM, Bus
+from soctalk_common.bus import Bus
 from soctalk_common.errors import NotFound, ValidationFailed
 from soctalk_heartbeat.simulator import AdapterSimulator, token_from_cluster
 from soctalk_secrets.domain import mint_adapter_token
+
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -50,21 +51,34 @@ async def test_token_from_cluster_reads_the_tenant_adapter_token_secret() -> Non
         await token_from_cluster(kube, "Not A Slug")
 
 
-async def _stream_messages(bus: Bus) -> list:
-    info = await bus.js.stream_info(ADAPTER_STREAM)
-    if not info.state.messages:
-        return []
-    return [await bus.js.get_msg(ADAPTER_STREAM, seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+class Listener:
+    """What a heartbeat service replica would receive on the adapter subjects."""
+
+    def __init__(self) -> None:
+        self.msgs: list = []
+        self.sub = None
+
+    async def start(self, bus: Bus) -> Listener:
+        async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
+            self.msgs.append(msg)
+
+        self.sub = await bus.nc.subscribe("soctalk.adapter.*.heartbeat", cb=on_msg)
+        await bus.nc.flush()
+        return self
+
+    async def received(self) -> list:
+        return list(self.msgs)
 
 
 async def test_simulator_heartbeats_on_its_interval_until_stopped(bus: Bus, nats_url: str) -> None:
     token, _ = mint_adapter_token()
     tenant = uuid.uuid4()
+    listener = await Listener().start(bus)
     sim = AdapterSimulator(nats_url, tenant, token, interval_s=0.02,
                            components={"wazuh": "ok", "thehive": ("degraded", "cassandra slow"), "cortex": "ok"})
     stop = asyncio.Event()
     task = asyncio.create_task(sim.run(stop))
-    msgs = await eventually(lambda: _at_least(_stream_messages(bus), 3), what="three heartbeats")
+    msgs = await eventually(lambda: _at_least(listener.received(), 3), what="three heartbeats")
     stop.set()
     await asyncio.wait_for(task, 5)
     assert sim.failures == 0 and sim.sent >= 3
@@ -82,13 +96,29 @@ async def test_simulator_heartbeats_on_its_interval_until_stopped(bus: Bus, nats
 
 async def test_beat_once_reports_the_worst_component(bus: Bus, nats_url: str) -> None:
     token, _ = mint_adapter_token()
+    listener = await Listener().start(bus)
     sim = AdapterSimulator(nats_url, uuid.uuid4(), token)  # its own connection
     assert (await sim.beat_once()).status == "ok"
     sim.set_component("cortex", "down", "oom")
     hb = await sim.beat_once()
     assert hb.status == "down" and hb.components["cortex"].message == "oom"
     await sim.close()
-    assert len(await _stream_messages(bus)) == 2
+    await eventually(lambda: _at_least(listener.received(), 2), what="both heartbeats")
+
+
+async def test_heartbeats_are_never_stored_in_a_stream(bus: Bus, nats_url: str) -> None:
+    """They carry the bearer token: no JetStream stream may capture the adapter subjects."""
+    from nats.js.errors import NotFoundError
+
+    token, _ = mint_adapter_token()
+    await AdapterSimulator(nats_url, uuid.uuid4(), token, bus=bus).beat_once()
+    with pytest.raises(NotFoundError):
+        await bus.js.find_stream_name_by_subject("soctalk.adapter.x.heartbeat")
+    for name in [s.config.name for s in await bus.js.streams_info()]:
+        info = await bus.js.stream_info(name)
+        for seq in range(info.state.first_seq, info.state.last_seq + 1) if info.state.messages else []:
+            msg = await bus.js.get_msg(name, seq)
+            assert token.encode() not in (msg.data or b"") and token not in json.dumps(msg.headers or {})
 
 
 async def _at_least(coro, n: int):  # type: ignore[no-untyped-def]

@@ -3,7 +3,9 @@
 Stream layout and the duplicate window
 --------------------------------------
 * ``SOCTALK_EVENTS``   ``soctalk.tenant.>``      commands and step results (limits, 7 days)
-* ``SOCTALK_ADAPTER``  ``soctalk.adapter.>``     heartbeats (limits, 1 hour: only the latest matter)
+* ``soctalk.adapter.>`` heartbeats are deliberately NOT in any stream: each carries its adapter's bearer
+  token in a header, and a stream would store that credential (on disk, readable with ``nats stream
+  view``). They travel on core NATS to a queue group; a lost heartbeat is healed by the next one.
 * ``SOCTALK_LIFECYCLE`` ``soctalk.lifecycle.>``  the lifecycle stream ops tail (limits, 90 days)
 * ``SOCTALK_AUDIT``    ``soctalk.audit.>``       secret audit, references only (limits, 400 days)
 * ``SOCTALK_DLQ``      ``soctalk.dlq.>``         poison messages with their reason (limits, 30 days)
@@ -38,13 +40,13 @@ class StreamSpec:
 
 STREAMS = [
     StreamSpec("SOCTALK_EVENTS", ["soctalk.tenant.>"], 7 * 86400),
-    StreamSpec("SOCTALK_ADAPTER", ["soctalk.adapter.>"], 3600),
     StreamSpec("SOCTALK_LIFECYCLE", ["soctalk.lifecycle.>"], 90 * 86400),
     StreamSpec("SOCTALK_AUDIT", ["soctalk.audit.>"], 400 * 86400),
     StreamSpec("SOCTALK_DLQ", ["soctalk.dlq.>"], 30 * 86400),
 ]
 EVENTS_STREAM = "SOCTALK_EVENTS"
-ADAPTER_STREAM = "SOCTALK_ADAPTER"
+ADAPTER_STREAM = "SOCTALK_ADAPTER"  # retired name: kept so a stream left by an older install is removed
+EPHEMERAL_PREFIXES = ("soctalk.adapter.",)  # subjects that carry credentials: core NATS only, never stored
 LIFECYCLE_STREAM = "SOCTALK_LIFECYCLE"
 DLQ_STREAM = "SOCTALK_DLQ"
 MAX_PAYLOAD = 256 * 1024  # our messages are small; anything bigger is refused before it reaches a handler
@@ -52,8 +54,8 @@ MAX_PAYLOAD = 256 * 1024  # our messages are small; anything bigger is refused b
 
 def stream_for_subject(subject: str) -> str:
     family = subject.split(".", 2)[1]
-    return {"tenant": EVENTS_STREAM, "adapter": ADAPTER_STREAM, "lifecycle": LIFECYCLE_STREAM,
-            "audit": "SOCTALK_AUDIT", "dlq": DLQ_STREAM}[family]
+    return {"tenant": EVENTS_STREAM, "lifecycle": LIFECYCLE_STREAM, "audit": "SOCTALK_AUDIT",
+            "dlq": DLQ_STREAM}[family]
 
 
 class Bus:
@@ -80,6 +82,8 @@ class Bus:
 
     async def ensure_streams(self) -> None:
         """Create or update the stream layout (idempotent; safe from every replica)."""
+        with contextlib.suppress(Exception):  # an older layout stored heartbeats (and their tokens): drop it
+            await self.js.delete_stream(ADAPTER_STREAM)
         for spec in STREAMS:
             cfg = StreamConfig(
                 name=spec.name, subjects=spec.subjects, retention=RetentionPolicy.LIMITS,
@@ -95,7 +99,14 @@ class Bus:
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
                       headers: dict[str, str] | None = None, timeout: float = 5.0) -> int:
-        """Publish to JetStream and wait for the PubAck; returns the stream sequence."""
+        """Publish to JetStream and wait for the PubAck; returns the stream sequence.
+
+        Credential-carrying subjects (``EPHEMERAL_PREFIXES``) go out on core NATS instead (flushed, never
+        stored) and return 0."""
+        if subject.startswith(EPHEMERAL_PREFIXES):
+            await self.nc.publish(subject, payload, headers=headers)
+            await self.nc.flush(timeout=timeout)
+            return 0
         hdrs = dict(headers or {})
         if msg_id is not None:
             hdrs["Nats-Msg-Id"] = msg_id  # nats-py has no msg_id= argument

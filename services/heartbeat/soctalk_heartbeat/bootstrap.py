@@ -3,7 +3,7 @@
 ``bootstrap(...)`` returns a :class:`~soctalk_common.service.ServiceProcess` running:
 
 * the ``ChartApplied`` route on the generic runtime (durable ``heartbeat--ChartApplied``, inbox);
-* ``heartbeat-consumer``: the batched JetStream pull loop on ``SOCTALK_ADAPTER`` (see consumer.py);
+* ``heartbeat-consumer``: the batched core-NATS queue subscription (see consumer.py: never stored);
 * ``heartbeat-flush``: the batched ``last_seen`` write, every ``settings.heartbeat_flush_s``;
 * ``heartbeat-liveness``: the silence sweep (TenantDegraded);
 * ``token-cache-refresh``: reloads cached tokens/tenant states every ``token_refresh_s`` (≈1 s), which

@@ -1,37 +1,35 @@
-"""The heartbeat consumer: a durable JetStream pull consumer on ``SOCTALK_ADAPTER``, in big batches.
+"""The heartbeat consumer: a core-NATS queue subscription, handled in big batches.
+
+Why core NATS and not a stream: every heartbeat carries its adapter's bearer token in a header. A
+JetStream stream would store that credential (on disk, readable by anyone who can read the stream),
+against "no secret material on the bus". Heartbeats are telemetry: the newest one is all that matters,
+and a lost one is healed by the next (every 30 s). So they are never stored; replicas share them
+through the queue group ``heartbeat``.
 
 Why not the generic ``ServiceRuntime``: it records an inbox row per message, which is one Postgres
 transaction per heartbeat — thousands of tenants × one every 30 s. Heartbeats are idempotent by
 nature (seeing the same one twice changes nothing: every decision is a conditional UPDATE), so this
 loop skips the inbox and pays Postgres only for decisions:
 
-* one pull request for up to ``batch`` messages (``no_wait``: what is there now; when nothing is,
-  one long poll for the next message), collected by a subscription callback — nats-py's ``fetch``
-  spends a task and a timer per message, which was the largest cost per heartbeat after parsing;
+* messages land in a buffer from the subscription callback; ``pull_once`` takes up to ``batch`` of them
+  (or waits up to ``fetch_timeout_s`` for the first);
 * one cache check for the whole batch (:meth:`Intake.verify`: no query when every prefix is cached);
 * the newest heartbeat per tenant is buffered (``last_seen``, flushed in one statement every
   ``heartbeat_flush_s``) or, when it may change a decision, recorded in a per-tenant transaction;
-* then the whole batch is settled in one burst: ``ack`` (done), ``term`` (refused or malformed — never
-  redelivered, never stops the loop) or ``nak(delay)`` (its tenant's transaction failed, or the token
-  cache could not be refreshed). Acks are fire-and-forget publishes pipelined on the connection.
-
-Several replicas bind the same durable consumer and share the stream. Delivery is at least once; a
-lost ``last_seen`` refresh is healed by the next heartbeat 30 s later. A message that waited in the
-stream longer than the liveness window (e.g. a backlog after an outage) is acked and ignored: it
-proves nothing about the adapter now.
+* refused or malformed messages are dropped (counted by reason); a heartbeat whose tenant's transaction
+  failed, or that could not be verified (Postgres down), is retried after ``retry_delay_s`` up to
+  ``max_deliver`` times — the durable decisions themselves are transactional.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from soctalk_common.bus import Bus
 
-from soctalk_common.bus import ADAPTER_STREAM, Bus
 from soctalk_heartbeat import domain
 from soctalk_heartbeat.intake import Incoming, Intake, Verdict
 
@@ -39,6 +37,7 @@ log = structlog.get_logger(__name__)
 
 SUBJECT = "soctalk.adapter.*.heartbeat"
 DURABLE = "heartbeat--AdapterHeartbeat"
+QUEUE = "heartbeat"
 
 
 class HeartbeatConsumer:
@@ -57,19 +56,12 @@ class HeartbeatConsumer:
         self.retry_delay_s = retry_delay_s
         self.error_backoff_s = error_backoff_s
         self._sub: Any = None
+        self._attempts: dict[int, int] = {}
         self.settled = {"ack": 0, "term": 0, "nak": 0}
 
-    async def _subscription(self) -> _Puller:
+    async def _subscription(self) -> _Batcher:
         if self._sub is None:
-            try:
-                await self.bus.js.add_consumer(
-                    ADAPTER_STREAM, name=self.durable, durable_name=self.durable, filter_subject=SUBJECT,
-                    ack_policy="explicit", deliver_policy="all", ack_wait=self.ack_wait_s,
-                    max_deliver=self.max_deliver, max_ack_pending=self.max_ack_pending,
-                )
-            except Exception as exc:  # noqa: BLE001 - exists with another config: bind to it anyway
-                log.info("heartbeat.consumer_exists", detail=str(exc)[:200])
-            self._sub = await _Puller(self.bus.nc, ADAPTER_STREAM, self.durable).start()
+            self._sub = await _Batcher(self.bus.nc, SUBJECT, QUEUE).start()
         return self._sub
 
     async def pull_once(self) -> int:
@@ -101,14 +93,15 @@ class HeartbeatConsumer:
             await self._settle(m, _action(v, failed))
 
     async def _settle(self, msg: Any, action: str) -> None:
-        with contextlib.suppress(Exception):  # a lost ack means one redelivery, which is harmless
-            if action == "ack":
-                await msg.ack()
-            elif action == "term":
-                await msg.term()
-            else:
-                await msg.nak(delay=self.retry_delay_s)
-            self.settled[action] += 1
+        self.settled[action] += 1
+        if action != "nak" or self._sub is None:
+            return  # core NATS: nothing to acknowledge; refused ones are simply not retried
+        attempts = self._attempts.get(id(msg), 1)
+        if attempts >= self.max_deliver:
+            self._attempts.pop(id(msg), None)
+            return
+        self._attempts[id(msg)] = attempts + 1
+        asyncio.get_running_loop().call_later(self.retry_delay_s, self._sub.requeue, msg)
 
     async def close(self) -> None:
         if self._sub is not None:
@@ -117,66 +110,39 @@ class HeartbeatConsumer:
             self._sub = None
 
 
-class _Puller:
-    """Pull requests on a durable consumer; the messages land in a list from a subscription callback.
+class _Batcher:
+    """A queue-group subscription whose callback only buffers; ``fetch`` hands out batches."""
 
-    ``fetch(batch, timeout)`` returns what the consumer has now (up to ``batch``), else waits up to
-    ``timeout`` for the next message; ``[]`` when none came. A request ends with its batch complete
-    or with the server's status (404 no messages, 408 expired, 409 ...). After a full batch the next
-    request is sent at once, so a backlog streams in while the caller handles the batch. A message
-    that arrives after its request was given up is kept for the next fetch, never dropped (one left
-    unhandled at shutdown is redelivered after AckWait).
-    """
-
-    def __init__(self, nc: Any, stream: str, durable: str) -> None:
+    def __init__(self, nc: Any, subject: str, queue: str, *, pending_msgs_limit: int = 200_000) -> None:
         self.nc = nc
-        self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
-        self.inbox = nc.new_inbox()
+        self.subject = subject
+        self.queue = queue
+        self.pending_msgs_limit = pending_msgs_limit
         self._buf: list[Any] = []
-        self._want = 0
-        self._done = asyncio.Event()
-        self._prefetching = False
+        self._ready = asyncio.Event()
         self._sub: Any = None
 
-    async def start(self) -> _Puller:
-        self._sub = await self.nc.subscribe(self.inbox, cb=self._on_msg)
+    async def start(self) -> _Batcher:
+        self._sub = await self.nc.subscribe(self.subject, queue=self.queue, cb=self._on_msg,
+                                            pending_msgs_limit=self.pending_msgs_limit)
+        await self.nc.flush()  # the server knows the subscription before anyone relies on it
         return self
 
     async def _on_msg(self, msg: Any) -> None:
-        if msg.reply:  # a stream message: its reply subject is where it is acked
-            self._buf.append(msg)
-            if len(self._buf) >= self._want:
-                self._done.set()
-        elif (msg.headers or {}).get("Status") != "100":  # 100 = idle heartbeat; others end a request
-            self._done.set()
+        self._buf.append(msg)
+        self._ready.set()
 
-    async def _send(self, req: dict[str, Any], want: int) -> None:
-        self._want = want
-        self._done.clear()
-        await self.nc.publish(self.subject, json.dumps(req).encode(), reply=self.inbox)
-
-    async def _wait(self, wait_s: float) -> list[Any]:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait_s):
-                await self._done.wait()
-        msgs, self._buf = self._buf, []
-        return msgs
+    def requeue(self, msg: Any) -> None:
+        self._buf.append(msg)
+        self._ready.set()
 
     async def fetch(self, batch: int, timeout: float) -> list[Any]:  # noqa: ASYNC109
-        if self._prefetching:  # asked for while the previous batch was being handled
-            self._prefetching = False
-            msgs = await self._wait(max(timeout, 1.0))
-        elif self._buf:
-            msgs, self._buf = self._buf, []
-        else:
-            await self._send({"batch": batch, "no_wait": True}, batch)
-            msgs = await self._wait(max(timeout, 1.0))
-        if not msgs:
-            await self._send({"batch": 1, "expires": int(timeout * 1e9)}, 1)
-            return await self._wait(timeout + 1.0)
-        if len(msgs) >= batch:  # a full batch: more are likely waiting, let them arrive meanwhile
-            await self._send({"batch": batch, "no_wait": True}, batch)
-            self._prefetching = True
+        if not self._buf:
+            self._ready.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._ready.wait()
+        msgs, self._buf = self._buf[:batch], self._buf[batch:]
         return msgs
 
     async def unsubscribe(self) -> None:
@@ -198,8 +164,5 @@ def _incoming(msg: Any) -> Incoming:
     if auth is None:
         auth = next((v for k, v in headers.items() if k.lower() == "authorization"), None)
     tenant = domain.subject_tenant(msg.subject) or ""
-    age = 0.0
-    with contextlib.suppress(Exception):
-        # Server-side publish time against our wall clock: both in the same clock domain.
-        age = max(0.0, (datetime.now(UTC) - msg.metadata.timestamp).total_seconds())
-    return Incoming(tenant=tenant, authorization=auth, body=msg.data or b"", age_s=age, transport="nats")
+    # Core NATS delivers live messages only (no stored backlog), so a heartbeat is as old as now.
+    return Incoming(tenant=tenant, authorization=auth, body=msg.data or b"", age_s=0.0, transport="nats")

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import structlog
-
 from soctalk_common import events as ev
 from soctalk_common.bus import Bus
 from soctalk_common.errors import NotFound
@@ -90,7 +89,7 @@ class AdapterSimulator:
                                    status=self.status, components=dict(self.components))
 
     async def beat_once(self) -> ev.AdapterHeartbeat:
-        """Publish one heartbeat and wait for JetStream's ack; returns what was sent."""
+        """Publish one heartbeat (core NATS, flushed: never stored, it carries the token); returns it."""
         if self._bus is None:
             self._bus = await Bus.connect(self.nats_url, name=f"adapter-simulator-{self.tenant_id}")
         hb = self.heartbeat()
