@@ -9,8 +9,8 @@ construction and each is published as a client would:
   dead-letters it (``SOCTALK_DLQ``) with a reason naming the field. No tenant, namespace, Secret or
   ``TenantAccepted`` ever results.
 * ``AdapterHeartbeat`` with a valid token but a broken payload → over HTTP a 400 listing the field
-  (413 when too large); over JetStream refused as ``invalid_payload`` / ``too_large`` by the service's
-  own count. The tenant's state, heartbeat record and lifecycle do not change.
+  (413 when too large); over NATS (core, heartbeats are never stored) refused as ``invalid_payload`` /
+  ``too_large`` by the service's own count. The tenant's state, heartbeat record and lifecycle do not change.
 
 Afterwards every service process is still alive and still does its job (a valid request is accepted,
 a valid heartbeat is taken).
@@ -263,7 +263,7 @@ async def test_every_invalid_heartbeat_is_refused_naming_its_field(bed: Bed) -> 
         accepted = sum(v - before[k] for k, v in after.items() if "accepted" in k)
         refused_payload = sum(after[k] - before[k] for k in after
                               if k.endswith(":invalid_payload") or k.endswith(":too_large"))
-        # The service counts HTTP and JetStream refusals together; one HTTP post per example.
+        # The service counts HTTP and NATS refusals together; one HTTP post per example.
         tried["nats: all kinds"] += published
         rejected["nats: all kinds"] += refused_payload - published
         _record("adapter_heartbeat", tried, rejected)

@@ -3,8 +3,9 @@
 One stack for the module (``ReliabilityStack``: NATS, Postgres, the emulator + kubelet, every service as
 a child process). A few tenants are onboarded with sealed canary LLM keys and simulated adapters until
 they are ``active``; then the adapters stop and the tests present tokens to the heartbeat service the
-two ways an adapter can — ``POST /v1/heartbeat/<tenant>`` (202 = accepted) and a JetStream message on
-``soctalk.adapter.<tenant>.heartbeat`` (accepted / refused counted by the service's own metrics):
+two ways an adapter can — ``POST /v1/heartbeat/<tenant>`` (202 = accepted) and a message on
+``soctalk.adapter.<tenant>.heartbeat`` (core NATS; accepted / refused counted by the service's own
+metrics):
 
 * forged tokens (unknown prefix, right prefix with a wrong secret, one character off, truncated,
   extended, the stored hash itself, another scheme, malformed, missing) → 0 accepted;
@@ -493,8 +494,7 @@ async def test_tokens_and_heartbeats_replayed_after_decommission_are_refused(sec
     replay = captured.model_dump_json().encode()
     for _ in range(rounds):
         statuses[str(await sec.present_http(tid, f"Bearer {token}", body))] += 1  # the exact HTTP request
-        await sec.present_nats(tid, f"Bearer {token}", replay)  # same bytes and header, a fresh msg id
-        await sec.present_nats(tid, f"Bearer {token}", replay, msg_id=str(captured.event_id))  # exact copy
+        await sec.present_nats(tid, f"Bearer {token}", replay)  # the captured message: same bytes and header
     after = await eventually(lambda: _settled_after(sec, before, rounds), timeout=30, what="replays judged")
     wrong = statuses.get("202", 0) + int(nats_accepted(before, after))
     async with sec.sm() as s:
@@ -502,7 +502,7 @@ async def test_tokens_and_heartbeats_replayed_after_decommission_are_refused(sec
         lifecycle_after = await s.scalar(select(func.count()).select_from(m.TenantLifecycleEvent)
                                          .where(m.TenantLifecycleEvent.tenant_id == tid))
     assert t is not None and t.state == "decommissioned" and lifecycle_after == lifecycle_before
-    TOKENS["presented"]["replayed_after_decommission"] = 3 * rounds
+    TOKENS["presented"]["replayed_after_decommission"] = 2 * rounds
     TOKENS["accepted_wrongly"]["replayed_after_decommission"] = wrong
     _record_tokens()
     assert wrong == 0, statuses
@@ -546,16 +546,14 @@ async def test_no_secret_material_anywhere(sec: Sec) -> None:
 
     report = await scan.scan(sec.canaries, workdir=sec.ds.workdir, database_url=sec.ds.database_url,
                              bus=sec.bus, kube=sec.kube)
-    known, unexpected = report.split_known()
     record("leak_scan", {
-        "canaries": report.canaries, "canary_hits": report.total_hits,
+        "canaries": report.canaries, "canary_hits": report.total_hits, "security_tenants": len(sec.tenants),
         "canary_hits_by_source": {k: len(v) for k, v in report.hits.items()},
-        "canary_hits_known_bug": sum(len(v) for v in known.values()),
         "searched_chars": report.sources, "helm_releases": report.releases, "configmaps": report.configmaps,
     })
     assert report.canaries >= 9 * len(sec.tenants)  # ~10 distinct values per tenant + rotations
     assert report.releases >= len(sec.tenants) - 1 and report.sources["logs"] > 0
-    assert unexpected == {}, f"secret material found: {unexpected}"
+    assert report.hits == {}, f"secret material found: {report.hits}"
 
 
 async def _rotated(sec: Sec, event: ev.SecretRotationRequested) -> bool:
