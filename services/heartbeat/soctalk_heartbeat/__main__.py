@@ -11,6 +11,7 @@ from soctalk_common.db.session import make_engine, make_sessionmaker
 from soctalk_common.logging import configure_logging
 from soctalk_common.settings import Settings
 from soctalk_common.uow import UnitOfWorkFactory
+
 from soctalk_heartbeat.bootstrap import SERVICE, bootstrap
 
 

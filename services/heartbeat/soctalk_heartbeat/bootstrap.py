@@ -19,15 +19,16 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-
 from soctalk_common.bus import Bus
 from soctalk_common.clock import Clock, SystemClock
 from soctalk_common.errors import PermanentError
 from soctalk_common.logging import register_secret
+from soctalk_common.notify import PgListener
 from soctalk_common.runtime import ServiceRuntime
 from soctalk_common.service import PeriodicTask, ServiceProcess
 from soctalk_common.settings import Settings
 from soctalk_common.uow import UnitOfWorkFactory
+
 from soctalk_heartbeat import handlers
 from soctalk_heartbeat.consumer import HeartbeatConsumer
 from soctalk_heartbeat.handlers import HeartbeatConfig, HeartbeatDeps
@@ -72,6 +73,11 @@ def bootstrap(settings: Settings, *, uow: UnitOfWorkFactory, bus: Bus, clock: Cl
     async def final_flush() -> None:
         await handlers.flush(deps)
 
+    listener = PgListener(uow.sessionmaker.kw["bind"].url.render_as_string(hide_password=False), {
+        "soctalk_token_changed": deps.tokens.invalidate_token,
+        "soctalk_tenant_changed": deps.tokens.invalidate_tenant,
+    })
+
     return ServiceProcess(
         SERVICE, runtime, settings.nats_url, registry=registry, http_host=http_host,
         http_port=settings.http_port, http_routes=routes(intake),
@@ -80,6 +86,7 @@ def bootstrap(settings: Settings, *, uow: UnitOfWorkFactory, bus: Bus, clock: Cl
             PeriodicTask("heartbeat-flush", lambda: handlers.flush(deps), settings.heartbeat_flush_s),
             PeriodicTask("heartbeat-liveness", lambda: handlers.degrade_silent(deps), liveness_s),
             PeriodicTask("token-cache-refresh", deps.tokens.refresh, token_refresh_s),
+            PeriodicTask("token-invalidation", listener.tick, 1.0),  # LISTEN; reconnects after a loss
         ],
-        on_stop=[consumer.close, final_flush],
+        on_stop=[listener.close, consumer.close, final_flush],
     )

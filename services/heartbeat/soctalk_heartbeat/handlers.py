@@ -22,12 +22,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-
 from soctalk_common import events as ev
 from soctalk_common.clock import Clock
 from soctalk_common.errors import PermanentError
 from soctalk_common.runtime import Ctx
 from soctalk_common.uow import UnitOfWork, UnitOfWorkFactory
+
 from soctalk_heartbeat import domain, store
 from soctalk_heartbeat.memory import LastSeenBuffer, Pending, View, Views
 from soctalk_heartbeat.metrics import HeartbeatMetrics

@@ -23,13 +23,13 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
-
 from soctalk_common import events as ev
 from soctalk_common.errors import ValidationFailed
+from soctalk_secrets.domain import Accept, parse_token
+
 from soctalk_heartbeat import domain, handlers
 from soctalk_heartbeat.handlers import HeartbeatDeps
 from soctalk_heartbeat.memory import Pending
-from soctalk_secrets.domain import Accept, parse_token
 
 log = structlog.get_logger(__name__)
 

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from soctalk_common.db import models as m
+from soctalk_common.uow import UnitOfWork
 from sqlalchemy import String, any_, bindparam, case, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from soctalk_common.db import models as m
-from soctalk_common.uow import UnitOfWork
 from soctalk_heartbeat.domain import Snapshot, component_statuses
 
 HS = m.HeartbeatState

@@ -11,6 +11,8 @@ What callers can rely on:
   a revocation, expiry change or tenant decommission can go unseen: one refresh period normally,
   ``max_age_s`` if the refresh loop is failing. If Postgres is down and an entry is too old, ``ensure``
   raises and the caller retries the messages later — a stale cache never accepts.
+* Revocation is instant while the LISTEN connection is up: a trigger NOTIFYs every token or tenant-state
+  change and ``invalidate_*`` drops the entry, so the very next heartbeat re-reads it.
 * Only public data is held: prefixes, keyed hashes, owners, lifetimes. Never a token.
 """
 
@@ -22,12 +24,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from soctalk_common.db import models as m
+from soctalk_secrets.domain import AdapterTokenRecord
 from sqlalchemy import String, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from soctalk_common.db import models as m
-from soctalk_secrets.domain import AdapterTokenRecord
 
 
 @dataclass
@@ -48,6 +49,7 @@ class TokenCache:
         self._unknown: dict[str, float] = {}  # prefix with no row → when that was seen (insertion order)
         self._tenants: dict[str, _Entry] = {}  # tenant id → state (None: no row)
         self.loads = 0  # queries issued (observability and tests)
+        self.invalidations = 0
 
     # -- reads (memory only) ----------------------------------------------------------------------
     def record(self, prefix: str) -> AdapterTokenRecord | None:
@@ -67,6 +69,17 @@ class TokenCache:
 
     def __len__(self) -> int:
         return len(self._tokens)
+
+    # -- invalidation (Postgres NOTIFY on revocation / expiry / tenant state change) ----------------
+    def invalidate_token(self, prefix: str) -> None:
+        """Forget a prefix now: the next heartbeat presenting it reloads the row before any decision."""
+        self._tokens.pop(prefix, None)
+        self._unknown.pop(prefix, None)
+        self.invalidations += 1
+
+    def invalidate_tenant(self, tenant_id: str) -> None:
+        self._tenants.pop(tenant_id, None)
+        self.invalidations += 1
 
     # -- loading ----------------------------------------------------------------------------------
     async def ensure(self, prefixes: Iterable[str], tenants: Iterable[str] = ()) -> None:
