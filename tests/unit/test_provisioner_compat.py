@@ -14,27 +14,8 @@ from soctalk_provisioner.compatibility import gate
 
 pytestmark = pytest.mark.unit
 
-SEED_EXAMPLE = """
-- system: v1.0.0
-  tenant:
-    - version: v1.0.0
-      status: supported
-- system: v1.0.1
-  tenant:
-    - version: v1.0.0
-      status: supported
-    - version: v1.0.1
-      status: supported
-- system: v1.1.0
-  tenant:
-    - version: v1.0.0
-      status: deprecated
-      notes: "v1.0.x agents still work but upgrade recommended for FQDN egress changes"
-    - version: v1.0.1
-      status: supported
-    - version: v1.1.0
-      status: supported
-"""
+from tests.unit.test_compat import SEED_EXAMPLE  # noqa: E402 - seed 001's matrix, one copy
+
 ENTRIES = parse_compatibility(yaml.safe_load(SEED_EXAMPLE))
 
 SYSTEMS = ["v1.0.0", "v1.0.1", "v1.1.0", "v2.0.0"]

