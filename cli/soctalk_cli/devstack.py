@@ -83,7 +83,7 @@ class DevStack:
             "VAULT_TOKEN": self.vault_token, "KUBECONFIG": self.kubeconfig_path,
             "SOCTALK_DEFAULT_PROFILE": self.profile, "SOCTALK_SECRETS_BACKEND": self.secrets_backend,
             "SOCTALK_TOKEN_HASH_KEY": self._token_key, "SOCTALK_LOG_JSON": "true",
-            "PYTHONUNBUFFERED": "1",
+            "PYTHONUNBUFFERED": "1", "SOCTALK_HTTP_HOST": "127.0.0.1",
         })
         env.update(self.extra_env)
         return env

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -73,7 +74,9 @@ class ServiceProcess:
     nats_url: str
     tasks: list[PeriodicTask] = field(default_factory=list)
     extra_metrics: Callable[[], dict[str, float]] | None = None
-    http_host: str = "127.0.0.1"
+    # All interfaces by default: kubelet probes and Prometheus reach the pod IP. The dev stack and tests
+    # set SOCTALK_HTTP_HOST=127.0.0.1.
+    http_host: str = field(default_factory=lambda: os.environ.get("SOCTALK_HTTP_HOST", "0.0.0.0"))  # noqa: S104
     http_port: int = 0
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import uvicorn
 from soctalk_common.bus import Bus
@@ -20,7 +21,8 @@ async def main() -> None:
     await bus.ensure_streams()
     engine = make_engine(settings.database_url, pool_size=5)
     app = create_app(ApiDeps(settings=settings, bus=bus, sessionmaker=make_sessionmaker(engine)))
-    server = uvicorn.Server(uvicorn.Config(app, host="0.0.0.0", port=settings.http_port or 8080, log_level="warning"))  # noqa: S104
+    host = os.environ.get("SOCTALK_HTTP_HOST", "0.0.0.0")  # noqa: S104 - pod IP for probes and the ingress
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=settings.http_port or 8080, log_level="warning"))
     try:
         await server.serve()
     finally:
