@@ -12,8 +12,8 @@
 * baseline: the same N Helm installs of the same chart with the same values (those the helm-runner
   rendered for a warm-up tenant, with each tenant's id and slug), at the helm-runner's concurrency,
   called directly through ``HelmGateway`` from their own process (``bench/helm_direct.py``), against
-  the same API server, into namespaces created beforehand (not timed). Run before ours, on a
-  smaller object store (conservative for us).
+  the same API server, into namespaces created beforehand (not timed). Run before ours; its
+  namespaces are deleted before ours starts, so both meet an API server holding the same data.
 
 Per-step p50/p99 come from the lifecycle rows' commit times (``occurred_at``):
 validate = TenantRequested → TenantAccepted, secrets = → SecretsReady, install = SecretsReady →
@@ -280,6 +280,19 @@ async def baseline(ds: Any, template: dict[str, Any], warm_id: str, warm_slug: s
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
+async def remove_baseline(kube: KubeGateway, n: int) -> None:
+    """Delete the baseline's namespaces (and with them its releases and objects) before ours runs, so
+    both sides meet an API server holding the same amount of data: the emulator's list requests get
+    slower with every object it stores, in any namespace (not timed)."""
+    names = [f"tenant-raw-{i:05d}" for i in range(n)]
+    for i in range(0, n, 50):
+        await asyncio.gather(*(kube.delete_namespace(ns) for ns in names[i:i + 50]))
+    deadline = time.monotonic() + 300
+    for ns in names:
+        while await kube.namespace_exists(ns) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+
+
 async def scenario(n: int, kubeconfig: str | None, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
     async with devstack(kubeconfig=kubeconfig) as ds:
         bus = await Bus.connect(ds.nats_url, name="bench-pipeline")
@@ -295,6 +308,7 @@ async def scenario(n: int, kubeconfig: str | None, timeout: float) -> dict[str, 
             c0 = cpu_by_process(ds)
             raw = await baseline(ds, template, warm[0], warm_slug, n)
             c1 = cpu_by_process(ds)
+            await remove_baseline(kube, n)
             with profiler(ds.procs["helm-runner"].pid, "pipeline-helm-runner"):
                 ours_s, ids = await run.provision([f"bench-{i:05d}" for i in range(n)], timeout)
             c2 = cpu_by_process(ds)
