@@ -67,6 +67,7 @@ class Intake:
         self._slots = asyncio.Semaphore(concurrency)
         self._logged: dict[str, tuple[float, int]] = {}
         self._accepted: dict[str, Any] = {}  # labelled counters, looked up once (not per message)
+        self._accepted_n: dict[str, int] = {}  # accepted in the batch being verified
 
     async def verify(self, items: Sequence[Incoming]) -> list[Verdict]:
         """Judge a batch. Raises only if the cache cannot be brought up to date (Postgres down)."""
@@ -74,7 +75,14 @@ class Intake:
         prefixes = {p for t in tokens if t and (p := _prefix(t))}
         await self.deps.tokens.ensure(prefixes)
         now = self.deps.clock.now()
-        return [self._verify_one(item, token, now) for item, token in zip(items, tokens, strict=True)]
+        verdicts = [self._verify_one(item, token, now) for item, token in zip(items, tokens, strict=True)]
+        for transport, n in self._accepted_n.items():  # one locked increment per batch, not per message
+            counter = self._accepted.get(transport)
+            if counter is None:
+                counter = self._accepted[transport] = self.deps.metrics.accepted.labels(transport)
+            counter.inc(n)
+        self._accepted_n.clear()
+        return verdicts
 
     def _verify_one(self, item: Incoming, token: str | None, now: datetime) -> Verdict:
         prefix = _prefix(token) if token else None
@@ -100,10 +108,7 @@ class Intake:
         if domain.is_stale(item.age_s, cfg.interval_s, cfg.missed_intervals):
             self.deps.metrics.stale.inc()
             return Verdict(heartbeat=hb, stale=True)
-        counter = self._accepted.get(item.transport)
-        if counter is None:
-            counter = self._accepted[item.transport] = self.deps.metrics.accepted.labels(item.transport)
-        counter.inc()
+        self._accepted_n[item.transport] = self._accepted_n.get(item.transport, 0) + 1
         # Receipt time on our clock: monotonic per process, so the newest heartbeat wins ties. A message
         # that waited in the stream is at most one liveness window old (older ones are stale above).
         return Verdict(heartbeat=hb, seen_at=now)

@@ -581,7 +581,12 @@ def token_decision(
 # --------------------------------------------------------------------------------------------------
 
 
+_CANONICAL_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _tenant_uuid(value: uuid.UUID | str) -> str:
+    if isinstance(value, str) and _CANONICAL_UUID_RE.fullmatch(value):
+        return value  # already what str(UUID(value)) gives (the heartbeat path checks two per message)
     try:
         return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
     except ValueError:
