@@ -411,10 +411,11 @@ def secrets_ready(tenant: TenantView) -> ev.SecretsReady:
 async def test_counting_wrapper_sees_overlapping_writes(helm_gateway: HelmGateway) -> None:
     """The instrument works: two writes to one release at the same time are counted as two."""
     stats = Concurrency()
+    both_inside = asyncio.Barrier(2)  # each write returns only once the other has started: a real overlap
 
     class Hold(Wrapper):
         async def uninstall(self, *a: Any, **k: Any) -> None:
-            await asyncio.sleep(0.2)
+            await both_inside.wait()
 
     a, b = CountingHelm(Hold(helm_gateway), stats), CountingHelm(Hold(helm_gateway), stats)
     await asyncio.gather(a.uninstall(RELEASE, "tenant-nowhere"), b.uninstall(RELEASE, "tenant-nowhere"))
