@@ -31,23 +31,6 @@ class BenchStack(DevStack):
             await kube.close()
 
 
-def namespace_indexed_lists() -> None:
-    """The emulator answers a namespaced list by sorting every object of the kind in every namespace,
-    then filtering (store.py ``Store.list``): ~5 ms per list at 13,000 Secrets, against 0.3 ms when
-    filtering first. A real API server does not charge one namespace's list for the others' objects,
-    and ours stores ~12 Secrets per tenant where a bare ``helm install`` stores one, so without this the
-    1,000-tenant pipeline measured the emulator. Same answers, same order (keys are unique); applied
-    for both sides of every scenario that runs the emulator in this process."""
-    from soctalk_kubesim import store
-
-    def list_(self, kind, namespace, matches):  # type: ignore[no-untyped-def]
-        bucket = self._bucket(kind)
-        keys = sorted(k for k in bucket if not namespace or k[0] == namespace)
-        return [obj for obj in (self._view(kind, bucket[k]) for k in keys) if matches(obj)]
-
-    store.Store.list = list_  # type: ignore[method-assign]
-
-
 @contextlib.asynccontextmanager
 async def devstack(*, kubeconfig: str | None = None, extra_env: dict[str, str] | None = None,
                    ) -> AsyncIterator[DevStack]:
@@ -55,7 +38,6 @@ async def devstack(*, kubeconfig: str | None = None, extra_env: dict[str, str] |
     env = {"SOCTALK_TOKEN_HASH_KEY": KEY, "SOCTALK_LOG_LEVEL": "WARNING", **(extra_env or {})}
     saved = os.environ.get("SOCTALK_TOKEN_HASH_KEY")
     os.environ["SOCTALK_TOKEN_HASH_KEY"] = KEY  # DevStack reads it from the environment
-    namespace_indexed_lists()
     ds = BenchStack(kubeconfig=kubeconfig, simulate_kubelet=True, kubelet_delay_s=0.0, workdir=workdir,
                   extra_env=env)
     try:

@@ -106,12 +106,11 @@ class Store:
         return self._view(kind, obj)
 
     def list(self, kind: Kind, namespace: str | None, matches: Matcher) -> list[dict]:
-        items = [
-            self._view(kind, obj)
-            for (ns, _), obj in sorted(self._bucket(kind).items())
-            if (not namespace or ns == namespace)
-        ]
-        return [obj for obj in items if matches(obj)]
+        # Filter by namespace before sorting: a real API server does not charge one namespace's list
+        # for every other namespace's objects (sorting all of them first cost ~5 ms per list at 13k).
+        bucket = self._bucket(kind)
+        keys = sorted(k for k in bucket if not namespace or k[0] == namespace)
+        return [obj for obj in (self._view(kind, bucket[k]) for k in keys) if matches(obj)]
 
     # --- watching -----------------------------------------------------------------------------
 
