@@ -52,11 +52,12 @@ async def servers():  # type: ignore[no-untyped-def]
         yield nats_url, url
 
 
-def write_results(results: dict[str, Any]) -> Path:
+def write_results(results: dict[str, Any], *, latest: bool = True) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     results["meta"] = {"scale": SCALE, "at": datetime.now(UTC).isoformat(), "cpus": os.cpu_count()}
     text = json.dumps(results, indent=2, sort_keys=True)
-    (RESULTS / "latest.json").write_text(text + "\n")
+    if latest:
+        (RESULTS / "latest.json").write_text(text + "\n")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = RESULTS / f"{stamp}.json"
     path.write_text(text + "\n")

@@ -309,7 +309,9 @@ async def scenario(n: int, kubeconfig: str | None, timeout: float) -> dict[str, 
             raw = await baseline(ds, template, warm[0], warm_slug, n)
             c1 = cpu_by_process(ds)
             await remove_baseline(kube, n)
-            with profiler(ds.procs["helm-runner"].pid, "pipeline-helm-runner"):
+            with contextlib.ExitStack() as spies:  # BENCH_PROFILE=1: every service, while ours runs
+                for name, proc in ds.procs.items():
+                    spies.enter_context(profiler(proc.pid, f"pipeline-{name}"))
                 ours_s, ids = await run.provision([f"bench-{i:05d}" for i in range(n)], timeout)
             c2 = cpu_by_process(ds)
             activated = await run.activations(ids, 120)

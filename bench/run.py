@@ -64,7 +64,8 @@ def main(argv: list[str]) -> int:
         short = name.removesuffix("_bench")
         results[f"{short}.duration_s"] = round(time.monotonic() - t0, 1)
         results[f"{short}.loadavg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
-    path = write_results(results)
+    # latest.json is the last run of every scenario; a partial run only writes its timestamped copy.
+    path = write_results(results, latest=not only)
     meta = results.pop("meta")
     t = Table(title=f"bench ({SCALE}) {json.dumps(meta)}")
     for c in ("key", "value", "goal", "met"):
