@@ -75,8 +75,9 @@ def profiler(pid: int, name: str, rate: int = 100) -> Iterator[None]:
     if not PROFILE or not Path(spy).exists():
         yield
         return
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"profile-{name}.txt"
+    where = Path(os.environ.get("BENCH_PROFILE_DIR") or RESULTS)  # parallel runs: separate dirs
+    where.mkdir(parents=True, exist_ok=True)
+    out = where / f"profile-{name}.txt"
     proc = subprocess.Popen([spy, "record", "-p", str(pid), "-r", str(rate), "-f", "raw", "-o", str(out),
                              "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
