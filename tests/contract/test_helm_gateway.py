@@ -102,6 +102,10 @@ async def test_release_lifecycle(helm: HelmGateway, kube: KubeGateway, namespace
         release, namespace, 1, "deployed")
     assert (installed.chart_version, installed.app_version) == ("0.1.0", "1.0.0")
     assert installed.chart_name == "mini"
+    # The write returns what it applied: the same manifest the stored release holds.
+    assert installed.manifest and installed.manifest == await helm.manifest(release, namespace)
+    assert "manifest" not in repr(installed)
+    assert all(not h.manifest for h in await helm.history(release, namespace))
     for kind, api, name in (("Deployment", "apps/v1", f"{release}-web"), ("Service", "v1", f"{release}-web"),
                             ("ConfigMap", "v1", f"{release}-config")):
         assert await kube.get(api, kind, name, namespace) is not None, kind
@@ -111,6 +115,7 @@ async def test_release_lifecycle(helm: HelmGateway, kube: KubeGateway, namespace
 
     upgraded = await helm.upgrade(release, MINI_CHART, namespace, {"greeting": "two"})
     assert (upgraded.revision, upgraded.status) == (2, "deployed")
+    assert 'greeting: "two"' in upgraded.manifest
     assert await helm.values(release, namespace) == {"greeting": "two"}
     assert await helm.values(release, namespace, revision=1) == {"greeting": "one"}
     assert 'greeting: "two"' in await helm.manifest(release, namespace)

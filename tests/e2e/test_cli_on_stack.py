@@ -9,7 +9,6 @@ import os
 import sys
 
 import pytest
-
 from soctalk_cli.demo import EXAMPLE, provision
 
 pytestmark = pytest.mark.e2e

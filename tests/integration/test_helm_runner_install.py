@@ -9,6 +9,7 @@ import pytest
 from soctalk_common import events as ev
 from soctalk_common.db import models as m
 from soctalk_common.errors import InvalidObject, TemporaryError, Unavailable
+from soctalk_helm_runner import drift
 from soctalk_kubesim import SimulatedKubelet
 from sqlalchemy import select
 
@@ -31,6 +32,10 @@ async def test_install_waits_for_readiness_then_reports_chart_applied(runner: h.
     assert (op.operation, op.status, op.revision, op.chart_version) == ("install", "waiting", 1, "v1.1.0")
     assert op.deadline == runner.clock.now() + __import__("datetime").timedelta(seconds=h.READINESS_S)
     assert await h.emitted(runner.uow, "ChartApplied", t.id) == []
+    # What to wait for was taken from the install's own manifest: the same as the stored release says.
+    stored = await runner.deps.helm.manifest("soctalk-tenant", t.namespace)
+    assert op.expected_workloads == drift.workload_names(drift.parse_manifest(stored))
+    assert "Deployment/thehive" in op.expected_workloads
 
     (op,) = await runner.settle(t.id)
     assert op.status == "succeeded"
@@ -109,6 +114,8 @@ async def test_crash_between_install_and_wait_resumes_without_a_second_install(r
     assert await h.ops(runner.uow, t.id) == []
 
     await runner.handle(cause, attempt=2, deps=deps)  # the redelivery observes the release and only watches
+    (waiting,) = await h.ops(runner.uow, t.id)
+    assert waiting.expected_workloads is None  # nothing written this time: the watcher reads the release
     (op,) = await runner.settle(t.id)
     assert op.status == "succeeded" and op.revision == 1
     assert crashing.installs == 1

@@ -308,3 +308,47 @@ def test_namespace_and_versions() -> None:
     assert domain.namespace_for("acme") == "tenant-acme"
     assert domain.same_version("1.1.0", "v1.1.0") and not domain.same_version("v1.1.0", "v1.2.0")
     assert not domain.same_version(None, "v1.1.0")
+
+
+def _helm_after(history: list[Revision], version: str) -> list[Revision]:
+    """Helm's history after a successful install/upgrade: the deployed revision is superseded and
+    the new one, on top, is deployed (failed ones stay failed)."""
+    top = max((r.revision for r in history), default=0)
+    kept = [Revision(r.revision, "superseded" if r.status == "deployed" else r.status, r.chart_version)
+            for r in history]
+    return [*kept, Revision(top + 1, "deployed", version)]
+
+
+AFTER_WRITE = [
+    ([], Install(), Present("install", "v1.1.0")),
+    ([], Install(), Present("suspend", "v1.1.0", suspended=True)),
+    ([Revision(1, "deployed", "1.1.0")], Upgrade(), Present("upgrade", "v1.2.0")),
+    ([Revision(1, "superseded", "1.1.0"), Revision(2, "deployed", "1.2.0")], Upgrade(),
+     Present("suspend", "v1.2.0", suspended=True)),
+    ([Revision(1, "deployed", "1.1.0"), Revision(2, "failed", "1.2.0")], Upgrade(), Present("upgrade", "v1.2.0")),
+    ([Revision(1, "superseded", "1.1.0"), Revision(2, "superseded", "1.1.0"), Revision(3, "failed", "1.2.0")],
+     Upgrade(), Present("upgrade", "v1.3.0")),
+]
+
+
+@pytest.mark.parametrize(("history", "action", "desired"), AFTER_WRITE)
+def test_after_write_equals_observing_the_history_again(history: list[Revision], action: domain.Action,
+                                                          desired: Present) -> None:
+    """What a successful write's own result says is what re-reading the history would say."""
+    before = domain.classify(history)
+    assert domain.next_action(before, desired) == action
+    after = _helm_after(history, desired.chart_version.lstrip("v"))
+    known = domain.after_write(before, action, desired, revision=after[-1].revision, status="deployed",
+                               chart_version=desired.chart_version.lstrip("v"))
+    assert known == domain.classify(after, suspended=desired.suspended)
+    assert isinstance(domain.next_action(known, desired), Watch)
+
+
+def test_after_write_observes_again_unless_the_result_settles_it() -> None:
+    kw = {"revision": 1, "chart_version": "1.1.0"}
+    assert domain.after_write(NoRelease(), Install(), INSTALL, status="failed", **kw) is None
+    assert domain.after_write(NoRelease(), Install(), INSTALL, status="pending-install", **kw) is None
+    assert domain.after_write(NoRelease(), Install(), Absent(), status="deployed", **kw) is None
+    assert domain.after_write(PendingInstall(1), RecoverPending(), INSTALL, status="deployed", **kw) is None
+    assert domain.after_write(Failed(1, "v1.1.0"), Uninstall(), INSTALL, status="deployed", **kw) is None
+    assert domain.after_write(Deployed(1, "v1.1.0"), Rollback(1), INSTALL, status="deployed", **kw) is None

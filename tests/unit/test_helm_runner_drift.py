@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from soctalk_common import charts
 from soctalk_helm_runner import chartsrc, drift
 from soctalk_helm_runner.drift import Drift
@@ -112,6 +114,42 @@ def test_manifest_parsing_and_workloads() -> None:
     assert [drift.object_name(o) for o in objs] == ["Deployment/thehive", "StatefulSet/cassandra"]
     assert drift.workload_names(objs) == ["Deployment/thehive", "StatefulSet/cassandra"]
     assert drift.show("x" * 500).endswith("…") and drift.show({"a": 1}) == '{"a":1}'
+
+
+@pytest.mark.parametrize("suspended", [False, True])
+def test_manifest_workloads_of_the_tenant_chart_match_a_full_parse(suspended: bool) -> None:
+    values = charts.load_values_file(charts.deploy_dir() / "examples" / "tenant-acme-values.yaml")
+    values["suspended"] = suspended
+    text = charts.render(charts.chart_dir(charts.TENANT_CHART), values, release_name="soctalk-tenant")
+    full = drift.workload_names(drift.parse_manifest(text))
+    assert full, "the tenant chart declares workloads"
+    assert drift.manifest_workloads(text) == full
+
+
+_KINDS = st.sampled_from(["Deployment", "StatefulSet", "Job", "ConfigMap", "Service", "CronJob",
+                          "DeploymentList", "List"])
+_TEXT = st.lists(st.sampled_from(["a", " ", "\n", "-", "---", "Deployment", "kind: Job", ":"]),
+                 max_size=12).map("".join)
+
+
+@st.composite
+def _doc(draw: Any) -> dict[str, Any]:
+    kind = draw(_KINDS)
+    doc: dict[str, Any] = {"apiVersion": "v1", "kind": kind, "metadata": {"name": draw(st.sampled_from("abc"))},
+                           "data": {"note": draw(_TEXT)}}
+    if kind.endswith("List"):
+        doc["items"] = [{"kind": draw(_KINDS), "metadata": {"name": "i"}} for _ in range(draw(st.integers(0, 2)))]
+    return doc
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_doc(), max_size=8), st.booleans())
+def test_manifest_workloads_equal_a_full_parse(docs: list[dict[str, Any]], literal: bool) -> None:
+    """Skipping documents that name no workload kind never changes the answer, whatever the
+    documents' strings contain (``---`` lines, kind names inside data, block scalars)."""
+    style = "|" if literal else None
+    text = "".join("---\n# Source: t.yaml\n" + yaml.safe_dump(d, default_style=style) for d in docs)
+    assert drift.manifest_workloads(text) == drift.workload_names(drift.parse_manifest(text))
 
 
 # --- local chart versions ----------------------------------------------------------------------------

@@ -6,8 +6,9 @@ Every Helm step is one pass of **observe → classify → decide → act → rec
   waited for) into one of a closed set of observed states;
 * :func:`next_action` maps (observed, desired) to exactly one action — the table below, tested row
   by row in ``tests/unit/test_helm_runner_domain.py``;
-* the service layer runs that one action, observes again, and stops at an action that needs no
-  Helm write (``Watch``, ``Wait``, ``Defer``, ``Done``). Every crash point is therefore resumable: a
+* the service layer runs that one action, observes again (or takes the observation from the write's
+  own result, :func:`after_write`), and stops at an action that needs no Helm write (``Watch``,
+  ``Wait``, ``Defer``, ``Done``). Every crash point is therefore resumable: a
   redelivered message observes what the crashed attempt left behind and continues from there.
 
 ``next_action`` (handlers and the watcher's failure path)::
@@ -282,6 +283,26 @@ def next_action(observed: Observed, desired: Desired) -> Action:
     if isinstance(desired, Reverted):
         return _towards_reverted(observed, desired)
     return _towards_present(observed, desired)
+
+
+def after_write(observed: Observed, action: Action, desired: Desired, *, revision: int, status: str,
+                chart_version: str) -> Observed | None:
+    """What the release is after ``action`` succeeded with this result, when the result alone says so.
+
+    An install or upgrade that Helm reports ``deployed`` leaves exactly one new revision on top of
+    what was observed (the caller holds the tenant lease: no other writer), so the next observation
+    is known without reading the history back. ``None``: observe again (any other write, or a result
+    that is not ``deployed``)."""
+    if status != "deployed" or not isinstance(desired, Present):
+        return None
+    version = version_label_or_raw(chart_version)
+    if isinstance(action, Install) and isinstance(observed, NoRelease):
+        return Deployed(revision, version, desired.suspended, None)
+    if isinstance(action, Upgrade) and isinstance(observed, Deployed):
+        return Deployed(revision, version, desired.suspended, observed.revision)
+    if isinstance(action, Upgrade) and isinstance(observed, Failed):
+        return Deployed(revision, version, desired.suspended, observed.previous)
+    return None
 
 
 def _towards_present(observed: Observed, desired: Present) -> Action:

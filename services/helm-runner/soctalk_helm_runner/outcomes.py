@@ -50,7 +50,7 @@ async def converged(event: ev.Event, ctx: Ctx[Deps], tenant: TenantView, desired
             timeout = profile_value(d.settings, tenant.profile, "readiness_timeout_s")
             records.new_operation(tx, event, tenant, desired.operation, chart_version=desired.chart_version,
                                   deadline=after(d.clock, timeout), revision=action.revision,
-                                  previous_revision=action.previous)
+                                  previous_revision=action.previous, expected=done.expected)
             tx.lifecycle(event, "ReadinessWaitStarted", slug=tenant.slug, step=desired.operation,
                          message=f"revision {action.revision} applied; waiting up to {timeout:g}s for every "
                                  "workload to be ready",

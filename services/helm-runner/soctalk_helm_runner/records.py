@@ -132,12 +132,13 @@ async def operation(uow: UnitOfWorkFactory, op_id: int) -> m.ReleaseOperation | 
 
 def new_operation(tx: UnitOfWork, cause: ev.Event, tenant: TenantView, operation: str, *, chart_version: str,
                   deadline: datetime, revision: int | None = None, previous_revision: int | None = None,
-                  failure: Failure | None = None) -> m.ReleaseOperation:
+                  failure: Failure | None = None, expected: list[str] | None = None) -> m.ReleaseOperation:
     row = m.ReleaseOperation(tenant_id=tenant.id, operation=operation, release=RELEASE,
                              namespace=tenant.namespace, chart_version=chart_version, revision=revision,
                              previous_revision=previous_revision, status="waiting", deadline=deadline,
                              correlation_id=cause.correlation_id,
-                             causation_id=cause.event_id, reason=failure.encode() if failure else None)
+                             causation_id=cause.event_id, reason=failure.encode() if failure else None,
+                             expected_workloads=expected)
     tx.session.add(row)
     return row
 

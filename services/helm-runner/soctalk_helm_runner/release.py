@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from soctalk_common import charts
 from soctalk_common.compat import verdict
 from soctalk_common.errors import PermanentError, TemporaryError
 
-from soctalk_helm_runner import chartsrc, domain, records
+from soctalk_helm_runner import chartsrc, domain, drift, records
 from soctalk_helm_runner.deps import Deps
 from soctalk_helm_runner.domain import (
     RELEASE,
@@ -47,6 +47,9 @@ from soctalk_helm_runner.domain import (
 )
 from soctalk_helm_runner.records import TenantView
 from soctalk_helm_runner.values import render_values
+
+if TYPE_CHECKING:
+    from soctalk_common.gateways.helm import ReleaseInfo
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +86,9 @@ class Converged:
     action: Action  # Watch | Wait | Defer | Done
     observed: Observed
     steps: list[Step] = field(default_factory=list)
+    # ``Kind/name`` of the workloads the last install/upgrade applied (from its own manifest), for the
+    # readiness wait; None when this call wrote no release (the watcher then reads the release).
+    expected: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -145,11 +151,14 @@ async def converge(d: Deps, tenant: TenantView, desired: Desired, cause: Any, *,
     """Run writes until ``next_action`` needs none (the caller holds the lease)."""
     steps: list[Step] = []
     observed: Observed | None = None
+    known: Observed | None = None  # the observation a write's own result gave
+    expected: list[str] | None = None
     for _ in range(MAX_STEPS):
-        observed = await observe(d, tenant, waiting)
+        observed = known or await observe(d, tenant, waiting)
+        known = None
         action = domain.next_action(observed, desired)
         if isinstance(action, domain.TERMINAL):
-            return Converged(action, observed, steps)
+            return Converged(action, observed, steps, expected)
         if isinstance(action, Supersede):
             closed = await records.supersede(d.uow, tenant.id, cause, d.clock.now())
             steps.append(Step("ReleaseWaitSuperseded", f"{closed} waiting operation(s) closed"))
@@ -170,7 +179,7 @@ async def converge(d: Deps, tenant: TenantView, desired: Desired, cause: Any, *,
             raise
         tenant = prep.tenant if prep is not None else tenant
         try:
-            step = await _write(d, tenant, action, prep)
+            step, info = await _write(d, tenant, action, prep)
         except Exception as exc:
             if domain.gives_up(permanent=isinstance(exc, PermanentError), attempt=attempt,
                                max_deliver=d.max_deliver):
@@ -178,6 +187,12 @@ async def converge(d: Deps, tenant: TenantView, desired: Desired, cause: Any, *,
                                  wrote=True, previous=rollback_target(observed), steps=steps) from exc
             raise
         steps.append(step)
+        expected = None
+        if info is not None:
+            known = domain.after_write(observed, action, desired, revision=info.revision, status=info.status,
+                                       chart_version=info.chart_version)
+            if info.manifest:
+                expected = await asyncio.to_thread(drift.manifest_workloads, info.manifest)
     raise TemporaryError(f"release {tenant.namespace}/{RELEASE} did not settle after {MAX_STEPS} steps "
                          f"(last seen {observed!r})", delay=5.0)
 
@@ -197,7 +212,9 @@ async def _before(d: Deps, tenant: TenantView, desired: Desired, action: Action,
     return await prepare(d, tenant, desired, cause)
 
 
-async def _write(d: Deps, tenant: TenantView, action: Action, prep: Prepared | None) -> Step:
+async def _write(d: Deps, tenant: TenantView, action: Action, prep: Prepared | None,
+                 ) -> tuple[Step, ReleaseInfo | None]:
+    """Run one write; the release it produced when it was an install or upgrade."""
     ns, timeout = tenant.namespace, d.settings.helm_timeout_s
     if isinstance(action, Install | Upgrade):
         assert prep is not None
@@ -207,21 +224,21 @@ async def _write(d: Deps, tenant: TenantView, action: Action, prep: Prepared | N
         if isinstance(action, Install):
             info = await d.helm.install(RELEASE, str(prep.chart.path), ns, prep.values, timeout=timeout)
             return Step("HelmInstalled", f"installed {RELEASE} revision {info.revision} "
-                        f"(chart {prep.chart.version})", {**details, "revision": info.revision})
+                        f"(chart {prep.chart.version})", {**details, "revision": info.revision}), info
         info = await d.helm.upgrade(RELEASE, str(prep.chart.path), ns, prep.values, timeout=timeout)
         return Step("HelmUpgraded", f"upgraded {RELEASE} to revision {info.revision} "
-                    f"(chart {prep.chart.version})", {**details, "revision": info.revision})
+                    f"(chart {prep.chart.version})", {**details, "revision": info.revision}), info
     if isinstance(action, Rollback):
         info = await d.helm.rollback(RELEASE, ns, action.revision)
         return Step("HelmRolledBack", f"rolled back to revision {action.revision} (now revision {info.revision})",
-                    {"to": action.revision, "revision": info.revision})
+                    {"to": action.revision, "revision": info.revision}), None
     if isinstance(action, Uninstall):
         await d.helm.uninstall(RELEASE, ns, timeout=timeout)
-        return Step("HelmUninstalled", f"uninstalled {RELEASE} from {ns}")
+        return Step("HelmUninstalled", f"uninstalled {RELEASE} from {ns}"), None
     if isinstance(action, RecoverPending):
         done = await d.helm.recover_pending(RELEASE, ns, min_age=d.pending_min_age_s)
         if done is None:
             raise TemporaryError(f"{ns}/{RELEASE} is pending-* but younger than {d.pending_min_age_s:g}s: "
                                  "another operation may still own it", delay=10.0)
-        return Step("PendingReleaseRecovered", done)
+        return Step("PendingReleaseRecovered", done), None
     raise AssertionError(f"not a write: {action!r}")

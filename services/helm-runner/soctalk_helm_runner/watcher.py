@@ -133,12 +133,14 @@ class Watcher:
         return out
 
     async def _expected_workloads(self, row: m.ReleaseOperation) -> list[str]:
+        if row.expected_workloads is not None:  # recorded from the write's own manifest
+            return [str(w) for w in row.expected_workloads]
         if row.id not in self._expected:
             try:
                 text = await self.d.helm.manifest(row.release, row.namespace, row.revision)
             except NotFound:
                 return []
-            self._expected[row.id] = drift.workload_names(drift.parse_manifest(text))
+            self._expected[row.id] = await asyncio.to_thread(drift.manifest_workloads, text)
         return self._expected[row.id]
 
     # --- acting -----------------------------------------------------------------------------------

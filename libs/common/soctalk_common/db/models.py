@@ -208,6 +208,7 @@ class ReleaseOperation(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _ts(default_now=True)
     finished_at: Mapped[datetime | None] = _ts(nullable=True)
+    expected_workloads: Mapped[list[Any] | None] = mapped_column(JSONB)  # ``Kind/name``; NULL: read the release
 
 
 class AdapterToken(Base):

@@ -30,7 +30,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import helm_python as hp
@@ -69,6 +69,9 @@ class ReleaseInfo:
     updated: str | None
     chart_name: str = ""
     modified_at: float | None = None  # epoch seconds of the last write to this revision's record
+    # The rendered manifest, only from install/upgrade (saves reading the release back to learn what
+    # it declares); kept out of repr and comparisons: it is large.
+    manifest: str = field(default="", repr=False, compare=False)
 
     @property
     def pending(self) -> bool:
@@ -76,7 +79,7 @@ class ReleaseInfo:
         return self.status.startswith("pending-")
 
     @classmethod
-    def from_summary(cls, summary: dict) -> ReleaseInfo:
+    def from_summary(cls, summary: dict, *, with_manifest: bool = False) -> ReleaseInfo:
         labels = summary.get("labels") or {}
         modified = labels.get("modifiedAt")
         return cls(
@@ -85,6 +88,7 @@ class ReleaseInfo:
             chart_version=summary.get("chart_version", ""), app_version=summary.get("app_version", ""),
             updated=summary.get("deployed_at") or None, chart_name=summary.get("chart_name", ""),
             modified_at=float(modified) if modified and modified.isdigit() else None,
+            manifest=str(summary.get("manifest") or "") if with_manifest else "",
         )
 
 
@@ -295,7 +299,7 @@ class HelmGateway:
         def install(ctx: hp.HelmContext | None) -> ReleaseInfo:
             summary = self._config(namespace).install(chart_path, release, values, context=ctx,
                                                       namespace=namespace, timeout=seconds)
-            return ReleaseInfo.from_summary(summary)
+            return ReleaseInfo.from_summary(summary, with_manifest=True)
 
         return await self._run(what, install, timeout, cancellable=True, release=(namespace, release))
 
@@ -319,7 +323,7 @@ class HelmGateway:
                     except hp.HelmNotFoundError:
                         raise NotFound(f"{what}: release does not exist") from exc
                 raise
-            return ReleaseInfo.from_summary(summary)
+            return ReleaseInfo.from_summary(summary, with_manifest=True)
 
         return await self._run(what, upgrade, timeout, cancellable=True, release=(namespace, release))
 

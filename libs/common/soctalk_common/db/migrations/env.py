@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
-from sqlalchemy.ext.asyncio import create_async_engine
-
 from soctalk_common.db.models import Base
+from sqlalchemy.ext.asyncio import create_async_engine
 
 target_metadata = Base.metadata
 
