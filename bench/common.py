@@ -78,8 +78,11 @@ def profiler(pid: int, name: str, rate: int = 100) -> Iterator[None]:
     where = Path(os.environ.get("BENCH_PROFILE_DIR") or RESULTS)  # parallel runs: separate dirs
     where.mkdir(parents=True, exist_ok=True)
     out = where / f"profile-{name}.txt"
+    # BENCH_PROFILE=gil samples only the thread holding the GIL: where the Python CPU goes (plain
+    # sampling also counts threads blocked inside native calls, e.g. Helm waiting on the API server).
+    gil = ["--gil"] if os.environ.get("BENCH_PROFILE") == "gil" else []
     proc = subprocess.Popen([spy, "record", "-p", str(pid), "-r", str(rate), "-f", "raw", "-o", str(out),
-                             "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--nonblocking", *gil], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield
     finally:
