@@ -36,12 +36,9 @@ from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.js.api import ConsumerConfig
 from pydantic import ValidationError
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from soctalk_common import events as ev
 from soctalk_common.bus import DLQ_STREAM, EVENTS_STREAM, MAX_PAYLOAD, Bus, stream_for_subject
-from soctalk_common.db import models as m
 from soctalk_common.errors import PermanentError
 from soctalk_common.logging import bind_event_context
 from soctalk_common.redact import redact, scrub_patterns
@@ -222,14 +219,10 @@ class ServiceRuntime(Generic[D]):
                 await raw.in_progress()
 
     async def _seen(self, consumer: str, event_id: uuid.UUID) -> bool:
-        async with self.uow.sessionmaker() as s:
-            row = await s.execute(select(m.Inbox.event_id).where(m.Inbox.consumer == consumer,
-                                                                  m.Inbox.event_id == event_id))
-            return row.first() is not None
+        return await self.uow.seen(consumer, event_id)
 
     async def _record_inbox(self, consumer: str, event_id: uuid.UUID) -> None:
-        async with self.uow.sessionmaker() as s, s.begin():
-            await s.execute(pg_insert(m.Inbox).values(consumer=consumer, event_id=event_id).on_conflict_do_nothing())
+        await self.uow.record_inbox(consumer, event_id)
 
     async def _fail(self, route: Route, raw: Any, event: ev.Event, reason: str, attempt: int) -> None:
         log.error("handler.failed", reason=reason[:500], attempt=attempt)
