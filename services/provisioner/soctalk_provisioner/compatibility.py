@@ -59,7 +59,9 @@ async def sync(uow: UnitOfWorkFactory, entries: Sequence[CompatEntry]) -> SyncRe
 
 
 async def table_entries(session: AsyncSession) -> list[CompatEntry]:
-    rows = (await session.execute(select(m.ChartCompatibility))).scalars().all()
+    c = m.ChartCompatibility  # plain rows: no ORM identity map for a read-only lookup
+    rows = (await session.execute(select(c.soctalk_system_version, c.tenant_chart_version, c.status,
+                                         c.notes))).all()
     return [CompatEntry(system=r.soctalk_system_version, tenant=r.tenant_chart_version, status=r.status,
                         notes=r.notes) for r in rows]
 

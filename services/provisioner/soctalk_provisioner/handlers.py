@@ -41,13 +41,13 @@ async def on_tenant_requested(event: ev.TenantRequested, ctx: Ctx[Deps]) -> None
     """Validate before any side effect; accept (tenant ``pending`` + ``TenantAccepted``) or reject
     (``TenantRejected`` with JSON paths). Idempotent on ``request_id``: a repeat creates nothing."""
     async with ctx.uow() as tx:
-        same = await intake.by_request_id(tx, event.request_id)
-        if same is not None:
+        found = await intake.existing(tx, event, ctx.deps)
+        if (same := found.by_request) is not None:
             tx.lifecycle(event, "DuplicateRequest", slug=same.slug, tenant_id=same.id, step=Step.VALIDATE,
                          message=f"request {event.request_id} was already accepted; nothing created",
                          details={"request_id": event.request_id, "state": same.state})
         else:
-            errors, warning = await intake.check(tx, event, ctx.deps)
+            errors, warning = await intake.check(tx, event, ctx.deps, found)
             if errors:
                 intake.reject(tx, event, errors)
             else:
