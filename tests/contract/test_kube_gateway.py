@@ -316,3 +316,51 @@ async def test_tenant_role_reads_only_its_own_secrets(
                                     resource="secrets", resource_namespace="soctalk-system")
     finally:
         await kube.delete_namespace(other)
+
+
+# --- the gateway as services load it ------------------------------------------------------------
+
+
+def test_the_gateway_works_with_kubernetes_asyncio_deferred(kubeconfig: str) -> None:
+    """In this test process kubernetes_asyncio is fully imported (fixtures use its typed clients);
+    a service process imports only the gateway, which defers the package's API and model modules
+    (soctalk_common.gateways._kube_client). The same calls, in a fresh interpreter, on this cluster."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+    import uuid
+
+    namespace = f"tenant-ct-{uuid.uuid4().hex[:8]}"
+    code = textwrap.dedent(f"""
+        import asyncio, json, sys
+        from soctalk_common.gateways.kube import KubeGateway
+        from soctalk_common.gateways._kube_client import deferred_packages
+
+        async def main():
+            kube = await KubeGateway.from_kubeconfig({kubeconfig!r})
+            try:
+                await kube.ensure_namespace({namespace!r}, {{"soctalk.io/test": "contract"}})
+                await kube.create_secret({namespace!r}, "s", {{"k": "v"}}, version_label="v1")
+                secret = await kube.read_secret({namespace!r}, "s")
+                listed = [s.name for s in await kube.list_secrets({namespace!r})]
+                loop = asyncio.get_running_loop()
+                report = await kube.wait_ready({namespace!r}, deadline=loop.time() + 5)  # list + watch
+                await kube.delete_namespace({namespace!r})
+                return secret.data, secret.version_label, listed, report.ready
+            finally:
+                await kube.close()
+
+        data, label, listed, ready = asyncio.run(main())
+        heavy = [m for m in sys.modules if m.startswith(("kubernetes_asyncio.client.models.",
+                                                         "kubernetes_asyncio.client.api."))]
+        print(json.dumps({{"data": data, "label": label, "listed": listed, "ready": ready,
+                          "heavy": heavy, "deferred": deferred_packages()}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["data"] == {"k": "v"} and got["label"] == "v1" and "s" in got["listed"]
+    assert got["ready"] is True
+    assert got["heavy"] == [] and "kubernetes_asyncio.client.models" in got["deferred"]

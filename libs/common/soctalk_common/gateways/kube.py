@@ -31,8 +31,6 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.config.config_exception import ConfigException
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from soctalk_common.errors import (
@@ -45,6 +43,13 @@ from soctalk_common.errors import (
     Unavailable,
 )
 from soctalk_common.gateways import ConfigurationError
+from soctalk_common.gateways._kube_client import (  # not `import kubernetes_asyncio`: see that module
+    ApiClient,
+    ConfigException,
+    Configuration,
+    load_incluster_config,
+    load_kube_config,
+)
 
 __all__ = ["ConfigurationError", "KubeGateway", "ReadinessReport", "SecretRecord", "WorkloadStatus",
            "build_report", "workload_status"]
@@ -232,7 +237,7 @@ def _record(obj: dict) -> SecretRecord:
 
 
 class KubeGateway:
-    def __init__(self, api_client: client.ApiClient, *, request_timeout: float = 30.0,
+    def __init__(self, api_client: ApiClient, *, request_timeout: float = 30.0,
                  retries: int = 4, backoff_max: float = 2.0) -> None:
         self._api = api_client
         self._server = api_client.configuration.host
@@ -246,23 +251,23 @@ class KubeGateway:
     async def from_kubeconfig(cls, path: str | None = None, context: str | None = None,
                               **options: Any) -> KubeGateway:
         """Connect with a kubeconfig file (default: ``$KUBECONFIG`` or ``~/.kube/config``)."""
-        configuration = client.Configuration()
+        configuration = Configuration()
         try:
-            await config.load_kube_config(config_file=path, context=context,
-                                          client_configuration=configuration, persist_config=False)
+            await load_kube_config(config_file=path, context=context,
+                                   client_configuration=configuration, persist_config=False)
         except (ConfigException, OSError) as exc:
             raise ConfigurationError(f"kubeconfig {path or '(default)'}: cannot be loaded: {exc}") from exc
-        return cls(client.ApiClient(configuration), **options)
+        return cls(ApiClient(configuration), **options)
 
     @classmethod
     async def in_cluster(cls, **options: Any) -> KubeGateway:
         """Connect with the pod's service account token (refreshed as it rotates)."""
-        configuration = client.Configuration()
+        configuration = Configuration()
         try:
-            config.load_incluster_config(client_configuration=configuration)
+            load_incluster_config(client_configuration=configuration)
         except (ConfigException, OSError) as exc:
             raise ConfigurationError(f"in-cluster configuration unavailable: {exc}") from exc
-        return cls(client.ApiClient(configuration), **options)
+        return cls(ApiClient(configuration), **options)
 
     async def close(self) -> None:
         await self._api.close()
