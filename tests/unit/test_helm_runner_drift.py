@@ -132,23 +132,48 @@ _TEXT = st.lists(st.sampled_from(["a", " ", "\n", "-", "---", "Deployment", "kin
                  max_size=12).map("".join)
 
 
+_NAMES = st.sampled_from(["a", "b", "0x10", "1.0", "true", "web-1"])
+_META = st.one_of(st.none(), st.just("absent"), st.builds(lambda n: {"name": n}, _NAMES),
+                  st.builds(lambda n: {"labels": {"kind": "Job"}, "name": n}, _NAMES))
+
+
 @st.composite
 def _doc(draw: Any) -> dict[str, Any]:
     kind = draw(_KINDS)
-    doc: dict[str, Any] = {"apiVersion": "v1", "kind": kind, "metadata": {"name": draw(st.sampled_from("abc"))},
-                           "data": {"note": draw(_TEXT)}}
+    doc: dict[str, Any] = {"apiVersion": "v1", "kind": kind, "data": {"note": draw(_TEXT)}}
+    meta = draw(_META)
+    if meta != "absent":
+        doc["metadata"] = meta
     if kind.endswith("List"):
-        doc["items"] = [{"kind": draw(_KINDS), "metadata": {"name": "i"}} for _ in range(draw(st.integers(0, 2)))]
-    return doc
+        doc["items"] = [{"kind": draw(_KINDS), "metadata": {"name": draw(_NAMES)}}
+                        for _ in range(draw(st.integers(0, 2)))]
+    keys = draw(st.permutations(list(doc)))
+    return {k: doc[k] for k in keys}
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(_doc(), max_size=8), st.booleans())
-def test_manifest_workloads_equal_a_full_parse(docs: list[dict[str, Any]], literal: bool) -> None:
-    """Skipping documents that name no workload kind never changes the answer, whatever the
-    documents' strings contain (``---`` lines, kind names inside data, block scalars)."""
-    style = "|" if literal else None
-    text = "".join("---\n# Source: t.yaml\n" + yaml.safe_dump(d, default_style=style) for d in docs)
+def _stream(docs: list[dict[str, Any]], style: str | None) -> str:
+    return "".join("---\n# Source: t.yaml\n" + yaml.safe_dump(d, default_style=style, sort_keys=False)
+                   for d in docs)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_doc(), max_size=8), st.sampled_from([None, "|", '"']))
+def test_manifest_workloads_equal_a_full_parse(docs: list[dict[str, Any]], style: str | None) -> None:
+    """Skipping documents that name no workload kind, and building only names, never changes the
+    answer, whatever the documents hold (``---`` lines and kind names inside strings, block and
+    quoted scalars, keys in any order, no or null metadata, names YAML would read as numbers)."""
+    text = _stream(docs, style)
+    assert drift.manifest_workloads(text) == drift.workload_names(drift.parse_manifest(text))
+
+
+@pytest.mark.parametrize("text", [
+    "x: &m {kind: Job, metadata: {name: j}}\n<<: *m\n",  # merge key at the top
+    "---\nx: &meta\n  name: web\nkind: Deployment\nmetadata: *meta\n---\nkind: StatefulSet\nmetadata: {name: s}\n",
+    "kind: Deployment\nmetadata:\n  name: a\nkind: ConfigMap\n",  # a repeated key: the last wins
+    "--- {kind: Deployment, metadata: {name: flow}}\n--- [1, 2]\n--- plain\n---\n",
+    "kind: DeploymentList\nitems:\n- kind: Deployment\n  metadata: {name: x}\n- 3\n- kind: Job\n",
+])
+def test_manifest_workloads_unusual_documents(text: str) -> None:
     assert drift.manifest_workloads(text) == drift.workload_names(drift.parse_manifest(text))
 
 

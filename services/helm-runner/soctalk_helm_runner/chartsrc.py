@@ -14,6 +14,7 @@ Anything else is refused with :class:`UnknownChartVersion`, naming the versions 
 from __future__ import annotations
 
 import atexit
+import functools
 import shutil
 import tarfile
 import tempfile
@@ -43,10 +44,18 @@ class ChartSource:
 
 def _declared(directory: Path) -> str | None:
     meta = directory / "Chart.yaml"
-    if not meta.is_file():
-        return None
     try:
-        doc = yaml.safe_load(meta.read_text(encoding="utf-8")) or {}
+        st = meta.stat()
+        return _declared_in(str(meta), st.st_mtime_ns, st.st_size)
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def _declared_in(meta: str, _mtime_ns: int, _size: int) -> str | None:
+    """The version ``Chart.yaml`` declares, parsed once per file version (every install asks)."""
+    try:
+        doc = yaml.safe_load(Path(meta).read_text(encoding="utf-8")) or {}
         if doc.get("name") != CHART:
             return None
         return version_label(str(doc.get("version", "")))
