@@ -11,6 +11,7 @@ import asyncio
 import re
 import secrets
 import uuid
+from typing import Any
 
 import pytest
 from soctalk_common import events as ev
@@ -154,6 +155,49 @@ async def test_rerun_after_a_crash_mid_inventory_regenerates_nothing(uow, kube: 
     assert len(await h.emitted(uow, "SecretsReady")) == 2
     assert len(await h.emitted(uow, "SecretAuditEvent")) == 1  # the resume wrote nothing new
     assert len(await h.token_rows(uow, tenant.id)) == 1
+
+
+class CountingKube:
+    """The real gateway, counting Secret reads and creates."""
+
+    def __init__(self, inner: KubeGateway) -> None:
+        self.inner = inner
+        self.reads: list[str] = []
+        self.creates: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def read_secret(self, namespace: str, name: str) -> Any:
+        self.reads.append(name)
+        return await self.inner.read_secret(namespace, name)
+
+    async def create_secret(self, namespace: str, name: str, data: dict[str, str], **kw: Any) -> None:
+        self.creates.append(name)
+        await self.inner.create_secret(namespace, name, data, **kw)
+
+
+async def test_a_first_provisioning_creates_without_reading_and_a_rerun_reads_back(uow, kube: KubeGateway) -> None:
+    """Nothing recorded yet: each Secret is created straight away (one API call), except the LLM key,
+    which is read first so a sealed key is opened only when its Secret is missing. Recorded: reads."""
+    counting = CountingKube(kube)
+    deps = await h.make_deps(uow, counting)
+    sealed = seal(await public_key(uow), "sk-" + secrets.token_hex(16))
+    tenant = await h.add_tenant(uow)
+    counting.reads.clear()  # the install keys made by make_deps
+    counting.creates.clear()
+    await h.handle(handlers.on_tenant_accepted, h.accepted(tenant, llm_key=ev.LlmKeySource(sealed=sealed)),
+                   deps, uow)
+    llm = f"tenant-{tenant.id}-llm"
+    assert sorted(counting.creates) == sorted(s.secret_name(tenant.id) for s in INVENTORY)
+    assert counting.reads == [llm]
+    first = await snapshot(kube, tenant)
+
+    counting.reads.clear()
+    counting.creates.clear()
+    await h.handle(handlers.on_tenant_accepted, h.accepted(tenant, resume=True), deps, uow)
+    assert counting.creates == [] and len(counting.reads) >= len(INVENTORY)
+    assert await snapshot(kube, tenant) == first
 
 
 async def test_copies_follow_a_regenerated_source(uow, kube: KubeGateway) -> None:

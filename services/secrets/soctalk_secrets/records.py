@@ -11,12 +11,12 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from soctalk_common import events as ev
 from soctalk_common.db import models as m
 from soctalk_common.uow import UnitOfWork, UnitOfWorkFactory
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import delete, select, text, tuple_, update
 
 from soctalk_secrets.domain import (
     AdapterTokenRecord,
@@ -47,14 +47,23 @@ class TenantView:
 
 
 async def tenant_view(uow: UnitOfWorkFactory, tenant_id: uuid.UUID) -> TenantView | None:
-    async with uow.sessionmaker() as s:
-        t = await s.get(m.Tenant, tenant_id)
-        if t is None:
-            return None
-        return TenantView(t.id, t.slug, str(t.mssp_id), t.secrets_backend, t.state, t.deleted_at is not None)
+    """One statement in autocommit (no transaction to open and close): a snapshot to decide on."""
+    t = m.Tenant
+    async with uow.autocommit.connect() as conn:
+        row = (await conn.execute(select(t.id, t.slug, t.mssp_id, t.secrets_backend, t.state, t.deleted_at)
+                                  .where(t.id == tenant_id))).first()
+    if row is None:
+        return None
+    return TenantView(row.id, row.slug, str(row.mssp_id), row.secrets_backend, row.state,
+                      row.deleted_at is not None)
 
 
-def _ref(row: m.TenantSecret) -> SecretRef:
+_REF_COLUMNS = (m.TenantSecret.backend, m.TenantSecret.namespace, m.TenantSecret.name, m.TenantSecret.key,
+                m.TenantSecret.version_label, m.TenantSecret.purpose, m.TenantSecret.path)
+
+
+def _ref(row: Any) -> SecretRef:
+    """A ``tenant_secrets`` row (ORM object or plain row with the columns of ``_REF_COLUMNS``)."""
     return SecretRef(row.backend, row.namespace or "", row.name, row.key, row.version_label,
                      row.purpose, row.path)
 
@@ -66,12 +75,12 @@ def event_ref(r: SecretRef) -> ev.SecretRef:
 
 async def references(uow: UnitOfWorkFactory, tenant_id: uuid.UUID, *, purposes: Iterable[str] | None = None,
                      statuses: Sequence[str] = ("active",)) -> list[SecretRef]:
-    stmt = select(m.TenantSecret).where(m.TenantSecret.tenant_id == tenant_id,
-                                        m.TenantSecret.status.in_(list(statuses)))
+    stmt = select(*_REF_COLUMNS).where(m.TenantSecret.tenant_id == tenant_id,
+                                       m.TenantSecret.status.in_(list(statuses)))
     if purposes is not None:
         stmt = stmt.where(m.TenantSecret.purpose.in_(list(purposes)))
-    async with uow.sessionmaker() as s:
-        rows = (await s.execute(stmt.order_by(m.TenantSecret.id))).scalars().all()
+    async with uow.autocommit.connect() as conn:  # one statement, no transaction around it
+        rows = (await conn.execute(stmt.order_by(m.TenantSecret.id))).all()
     return [_ref(r) for r in rows]
 
 
@@ -97,42 +106,50 @@ def latest_labels(refs: Iterable[SecretRef]) -> dict[str, str]:
     return out
 
 
+# One prepared statement whatever the number of references (a multi-row VALUES insert is compiled by
+# SQLAlchemy on every call: ~90 bind parameters for a tenant's inventory, the largest CPU cost of the
+# recording transaction).
+_UPSERT_REFS = text(
+    "INSERT INTO tenant_secrets (tenant_id, purpose, backend, namespace, path, name, key, version_label, status) "
+    "SELECT CAST(:tenant_id AS uuid), p, b, ns, pa, n, k, v, 'active' "
+    "FROM unnest(CAST(:purpose AS text[]), CAST(:backend AS text[]), CAST(:namespace AS text[]), "
+    "CAST(:path AS text[]), CAST(:name AS text[]), CAST(:key AS text[]), CAST(:version_label AS text[])) "
+    "WITH ORDINALITY AS u(p, b, ns, pa, n, k, v, o) ORDER BY o "
+    "ON CONFLICT ON CONSTRAINT uq_tenant_secrets_ref DO UPDATE SET status = 'active', retired_at = NULL, "
+    "backend = excluded.backend, namespace = excluded.namespace, path = excluded.path "
+    "WHERE tenant_secrets.status <> 'active' "
+    "RETURNING tenant_secrets.name, tenant_secrets.key, tenant_secrets.version_label")
+
+
 async def record_references(tx: UnitOfWork, tenant_id: uuid.UUID,
                             refs: Sequence[SecretRef]) -> list[SecretRef]:
     """Upsert ``refs`` as active; returns those that were new (or re-activated) — what to audit."""
     if not refs:
         return []
-    stmt = pg_insert(m.TenantSecret).values([
-        {"tenant_id": tenant_id, "purpose": r.purpose, "backend": r.backend, "namespace": r.namespace,
-         "path": r.path, "name": r.name, "key": r.key, "version_label": r.version_label, "status": "active"}
-        for r in refs
-    ])
-    upsert = stmt.on_conflict_do_update(
-        constraint="uq_tenant_secrets_ref",
-        set_={"status": "active", "retired_at": None, "backend": stmt.excluded.backend,
-              "namespace": stmt.excluded.namespace, "path": stmt.excluded.path},
-        where=m.TenantSecret.status != "active",
-    ).returning(m.TenantSecret.name, m.TenantSecret.key, m.TenantSecret.version_label)
-    changed = {tuple(row) for row in (await tx.session.execute(upsert)).all()}
+    changed = {tuple(row) for row in (await tx.session.execute(_UPSERT_REFS, {
+        "tenant_id": str(tenant_id), "purpose": [r.purpose for r in refs], "backend": [r.backend for r in refs],
+        "namespace": [r.namespace for r in refs], "path": [r.path for r in refs], "name": [r.name for r in refs],
+        "key": [r.key for r in refs], "version_label": [r.version_label for r in refs]})).all()}
     return [r for r in refs if (r.name, r.key, r.version_label) in changed]
 
 
 async def supersede(tx: UnitOfWork, tenant_id: uuid.UUID, purposes: Iterable[str], keep: Sequence[SecretRef],
                     *, now: datetime, retiring: bool) -> list[SecretRef]:
     """Active references of ``purposes`` other than ``keep`` → ``retiring`` (overlap) or ``retired``."""
-    kept = {(r.name, r.key, r.version_label) for r in keep}
-    rows = (await tx.session.execute(
-        select(m.TenantSecret).where(m.TenantSecret.tenant_id == tenant_id, m.TenantSecret.status == "active",
-                                     m.TenantSecret.purpose.in_(list(purposes))).with_for_update()
-    )).scalars().all()
-    out = []
-    for row in rows:
-        if (row.name, row.key, row.version_label) in kept:
-            continue
-        row.status = "retiring" if retiring else "retired"
-        row.retired_at = None if retiring else now
-        out.append(_ref(row))
-    return out
+    purposes = list(purposes)
+    if not purposes:
+        return []
+    ts = m.TenantSecret
+    stmt = (update(ts)
+            .where(ts.tenant_id == tenant_id, ts.status == "active", ts.purpose.in_(purposes))
+            .values(status="retiring" if retiring else "retired", retired_at=None if retiring else now)
+            .returning(ts.id, *_REF_COLUMNS)
+            .execution_options(synchronize_session=False))
+    if keep:  # one UPDATE … RETURNING instead of SELECT … FOR UPDATE + an UPDATE per row
+        stmt = stmt.where(tuple_(ts.name, ts.key, ts.version_label).not_in(
+            [(r.name, r.key, r.version_label) for r in keep]))
+    rows = sorted((await tx.session.execute(stmt)).all(), key=lambda r: r.id)
+    return [_ref(r) for r in rows]
 
 
 async def finish_retiring(tx: UnitOfWork, tenant_id: uuid.UUID, purposes: Iterable[str],
@@ -164,14 +181,21 @@ def token_record(row: m.AdapterToken) -> AdapterTokenRecord:
                               expires_at=row.expires_at, revoked_at=row.revoked_at)
 
 
+_INSERT_TOKENS = text(
+    "INSERT INTO adapter_tokens (prefix, tenant_id, token_hash, version_label, created_at) "
+    "SELECT p, t::uuid, h, v, c FROM unnest(CAST(:prefix AS text[]), CAST(:tenant_id AS text[]), "
+    "CAST(:token_hash AS text[]), CAST(:version_label AS text[]), CAST(:created_at AS timestamptz[])) "
+    "AS u(p, t, h, v, c) ON CONFLICT (prefix) DO NOTHING")
+
+
 async def record_tokens(tx: UnitOfWork, records: Sequence[AdapterTokenRecord]) -> None:
     """Insert token records (prefix + keyed hash); a prefix already recorded is left as it is."""
-    for r in records:
-        await tx.session.execute(
-            pg_insert(m.AdapterToken).values(prefix=r.prefix, tenant_id=uuid.UUID(r.tenant_id),
-                                             token_hash=r.token_hash, version_label=r.version_label,
-                                             created_at=r.created_at)
-            .on_conflict_do_nothing(index_elements=[m.AdapterToken.prefix]))
+    if not records:
+        return
+    await tx.session.execute(_INSERT_TOKENS, {
+        "prefix": [r.prefix for r in records], "tenant_id": [r.tenant_id for r in records],
+        "token_hash": [r.token_hash for r in records], "version_label": [r.version_label for r in records],
+        "created_at": [r.created_at for r in records]})
 
 
 async def _live_tokens(tx: UnitOfWork, tenant_id: uuid.UUID) -> Sequence[m.AdapterToken]:

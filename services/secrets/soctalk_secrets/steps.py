@@ -87,6 +87,10 @@ async def provision(d: Deps, at: Placement, *, backend: str, llm: LlmSource | No
     store = d.store(backend)
     material: dict[str, dict[str, str]] = {}
     out = Provisioned()
+    # Nothing was ever recorded for the tenant: its Secrets are almost certainly absent, so create
+    # without reading first (a 409 reads back, see ``SecretStore.ensure``). The LLM key keeps its
+    # read-first path: a sealed key is opened only when tenant-<id>-llm does not exist.
+    first = not known
     for s in INVENTORY:
         if s.purpose == LLM:
             refs, created = await _provision_llm(d, store, at, llm, _fresh_label(known, LLM))
@@ -95,7 +99,7 @@ async def provision(d: Deps, at: Placement, *, backend: str, llm: LlmSource | No
                 (out.created if created else out.reused).append(LLM)
             continue
         make = _generator(s.purpose, material)
-        stored = await store.ensure(at, s.purpose, make, _fresh_label(known, s.purpose))
+        stored = await store.ensure(at, s.purpose, make, _fresh_label(known, s.purpose), create_first=first)
         stored = await _resync_copy(store, at, s.purpose, stored, material)
         hold(stored.data.values())
         material[s.purpose] = stored.data

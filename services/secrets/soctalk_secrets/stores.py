@@ -14,6 +14,11 @@ What callers can rely on (both stores):
   (``created=False``) and ``make`` is never called, so a retry never regenerates; otherwise ``make()``
   is written at ``label`` (``v1``, or the next label when a lost secret is recreated). A
   concurrent writer that wins the race is detected (409 / check-and-set) and its value is read back.
+  With ``create_first`` (the caller expects the secret to be absent: nothing was ever recorded for
+  the tenant) the Kubernetes store skips the read: ``make()`` is written right away and a 409 means
+  it existed after all — it is read back and returned exactly as above, and the freshly made
+  material, never written anywhere, is dropped. One API call per Secret instead of two on a first
+  provisioning; the same two on a retry.
 * ``write`` replaces the material with a new version label (creating the secret if it is missing).
 * ``verify`` reads back and raises ``TemporaryError`` until the stored label and values are the
   expected ones (for Vault, until ESO has synced the labelled version into the cluster).
@@ -121,7 +126,7 @@ class SecretStore(Protocol):
     backend: Backend
 
     async def ensure(self, at: Placement, purpose: str, make: Make,
-                     label: str = INITIAL_VERSION_LABEL) -> Stored: ...
+                     label: str = INITIAL_VERSION_LABEL, *, create_first: bool = False) -> Stored: ...
     async def read(self, at: Placement, purpose: str) -> Stored | None: ...
     async def write(self, at: Placement, purpose: str, data: Data, *, version_label: str) -> None: ...
     async def verify(self, at: Placement, purpose: str, data: Data, *, version_label: str) -> None: ...
@@ -156,9 +161,9 @@ class KubernetesStore:
         self.kube = kube
 
     async def ensure(self, at: Placement, purpose: str, make: Make,
-                     label: str = INITIAL_VERSION_LABEL) -> Stored:
+                     label: str = INITIAL_VERSION_LABEL, *, create_first: bool = False) -> Stored:
         ns, name = at.namespace(purpose), at.name(purpose)
-        rec = await self.kube.read_secret(ns, name)
+        rec = None if create_first else await self.kube.read_secret(ns, name)
         if rec is None:
             data = await make()
             try:
@@ -301,7 +306,8 @@ class VaultStore:
                              properties={k: k for k in keys}, version_label=label)
 
     async def ensure(self, at: Placement, purpose: str, make: Make,
-                     label: str = INITIAL_VERSION_LABEL) -> Stored:
+                     label: str = INITIAL_VERSION_LABEL, *, create_first: bool = False) -> Stored:
+        # ``create_first`` is a Kubernetes optimisation; Vault reads first (its write is check-and-set).
         path = at.vault_path(purpose)
         current = await self.vault.kv_read(path)
         if current is None:
