@@ -4,6 +4,7 @@ watcher, failures are undone, crashes resume without a second install, stuck rel
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from soctalk_common import events as ev
@@ -311,3 +312,35 @@ async def test_cilium_and_cert_manager_objects_are_rendered_when_the_cluster_ser
         helm.close()
         await gw.close()
         private.stop()
+
+
+async def test_finished_operations_past_the_retention_are_pruned(runner: h.Runner) -> None:
+    """Old finished rows go; in-flight rows and each tenant's newest applied operation stay."""
+    from datetime import timedelta
+
+    from soctalk_helm_runner.bootstrap import prune
+
+    a, b = await runner.add_tenant(), await runner.add_tenant()
+    now = runner.clock.now()
+    old, recent = now - timedelta(days=40), now - timedelta(days=1)
+
+    def row(t: Any, operation: str, status: str, finished: object) -> m.ReleaseOperation:
+        return m.ReleaseOperation(tenant_id=t.id, operation=operation, release="soctalk-tenant",
+                                  namespace=t.namespace, chart_version="v1.1.0", status=status,
+                                  deadline=now, correlation_id=a.id, finished_at=finished)
+
+    async with runner.uow() as tx:
+        rows = [row(a, "install", "succeeded", old), row(a, "suspend", "succeeded", old),
+                row(a, "resume", "failed", old), row(a, "upgrade", "waiting", None),
+                row(b, "install", "succeeded", old), row(b, "upgrade", "failed", recent),
+                row(b, "uninstall", "succeeded", old)]
+        tx.session.add_all(rows)
+        await tx.commit()
+    ids = [r.id for r in rows]
+
+    assert await prune(runner.deps) == 3  # retention is 30 days by default
+    left = {(o.operation, o.status) for t in (a, b) for o in await h.ops(runner.uow, t.id)}
+    assert left == {("suspend", "succeeded"), ("upgrade", "waiting"),  # a: newest applied, in flight
+                    ("install", "succeeded"), ("upgrade", "failed")}  # b: newest applied, recent
+    assert await prune(runner.deps) == 0
+    assert ids[1] in {o.id for o in await h.ops(runner.uow, a.id)}

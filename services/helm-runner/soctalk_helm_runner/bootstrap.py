@@ -1,18 +1,22 @@
 """The helm-runner's composition root: ``bootstrap(settings, *, uow, bus, kube, helm, clock=None)``.
 
 Nothing connects here; the caller owns the bus, the database engine and both gateways. The returned
-process, when run, consumes the five routed events (one durable consumer each) and runs three loops:
+process, when run, consumes the five routed events (one durable consumer each) and runs four loops:
 
 * ``helm-runner-watch`` — closes recorded operations (every ``watch_interval_s``, and at once when
   a handler records a new one);
 * ``helm-runner-drift`` — the round-trip drift check and vanished-namespace detection;
-* ``helm-runner-timers`` — fires due ``helm-ns-missing`` timers (every ``timer_poll_s``).
+* ``helm-runner-timers`` — fires due ``helm-ns-missing`` timers (every ``timer_poll_s``);
+* ``helm-runner-prune`` — deletes finished release operations older than ``operation_retention_s``
+  (every ``prune_interval_s``; the lifecycle stream keeps their history).
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+import structlog
 from soctalk_common.bus import Bus
 from soctalk_common.clock import Clock, SystemClock
 from soctalk_common.runtime import ServiceRuntime
@@ -20,12 +24,25 @@ from soctalk_common.service import PeriodicTask, ServiceProcess
 from soctalk_common.settings import Settings
 from soctalk_common.uow import UnitOfWorkFactory
 
+from soctalk_helm_runner import records
 from soctalk_helm_runner.deps import Deps, HelmPort, HelmRunnerSettings
 from soctalk_helm_runner.handlers import ROUTES
 from soctalk_helm_runner.monitor import Monitor
 from soctalk_helm_runner.watcher import WakeableTask, Watcher
 
 SERVICE = "helm-runner"
+log = structlog.get_logger(__name__)
+
+
+async def prune(d: Deps) -> int:
+    """Finished release operations past the retention, in batches until none is left."""
+    before = d.clock.now() - timedelta(seconds=d.own.operation_retention_s)
+    total = 0
+    while (n := await records.prune_operations(d.uow, before=before)) > 0:
+        total += n
+    if total:
+        log.info("operations.pruned", count=total, before=before.isoformat())
+    return total
 
 
 def bootstrap(settings: Settings, *, uow: UnitOfWorkFactory, bus: Bus, kube: Any, helm: HelmPort,
@@ -46,5 +63,6 @@ def bootstrap(settings: Settings, *, uow: UnitOfWorkFactory, bus: Bus, kube: Any
         WakeableTask("helm-runner-watch", watcher.tick, own.watch_interval_s, wake=deps.wake),
         PeriodicTask("helm-runner-drift", monitor.round, own.drift_interval_s),
         PeriodicTask("helm-runner-timers", monitor.fire_timers, settings.timer_poll_s),
+        PeriodicTask("helm-runner-prune", lambda: prune(deps), own.prune_interval_s),
     ]
     return ServiceProcess(SERVICE, runtime, settings.nats_url, tasks=tasks, http_port=settings.http_port)

@@ -39,6 +39,8 @@ class HelmRunnerSettings(BaseSettings):
     fqdn_engine: Literal["auto", "cilium", "none"] = "auto"  # auto: discovery (cilium.io/v2 served?)
     cert_manager: Literal["auto", "on", "off"] = "auto"  # auto: discovery (cert-manager.io/v1 served?)
     features_ttl_s: float = 300.0  # how long a discovery answer is trusted
+    operation_retention_s: float = 30 * 86400.0  # finished release operations kept this long (see prune)
+    prune_interval_s: float = 3600.0
     edge_port_base: int = 15140
     edge_port_limit: int = 16140
 

@@ -17,7 +17,7 @@ from typing import Any
 from soctalk_common import events as ev
 from soctalk_common.db import models as m
 from soctalk_common.uow import UnitOfWork, UnitOfWorkFactory
-from sqlalchemy import func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import distinct_on
 
 from soctalk_helm_runner.domain import (
@@ -223,6 +223,28 @@ async def assign_edge_ports(uow: UnitOfWorkFactory, tenant_id: uuid.UUID, cause:
                      details=ports)
         await tx.commit()
     return ports
+
+
+# --- retention -------------------------------------------------------------------------------------
+
+
+async def prune_operations(uow: UnitOfWorkFactory, *, before: datetime, batch: int = 1000) -> int:
+    """Delete finished operations that finished before ``before``, at most ``batch`` rows.
+
+    Kept whatever their age: waiting ones, and each tenant's newest succeeded install/upgrade/suspend/
+    resume (what the drift check takes as last applied, see :func:`monitored_ids`). The lifecycle
+    stream keeps the history; this table only has to answer "what is in flight, what was applied"."""
+    op = m.ReleaseOperation
+    newest = (select(op.id).where(op.status == "succeeded",
+                                  op.operation.in_(("install", "upgrade", "suspend", "resume")))
+              .order_by(op.tenant_id, op.id.desc()).ext(distinct_on(op.tenant_id)))
+    doomed = (select(op.id).where(op.status != "waiting", op.finished_at < before, op.id.not_in(newest))
+              .order_by(op.id).limit(batch))
+    async with uow() as tx:
+        res = await tx.session.execute(delete(op).where(op.id.in_(doomed)).returning(op.id))
+        count = len(res.all())
+        await tx.commit()
+    return count
 
 
 # --- what to monitor ----------------------------------------------------------------------------------
