@@ -245,3 +245,26 @@ async def test_recover_pending_leaves_healthy_and_missing_releases_alone(
     assert await helm.recover_pending(release, namespace) is None
     await helm.install(release, MINI_CHART, namespace, {})
     assert await helm.recover_pending(release, namespace) is None
+
+
+async def test_configs_per_namespace_are_bounded_and_never_closed_in_use(kubeconfig: str, kube: KubeGateway
+                                                                        ) -> None:
+    """A drift round touches every tenant namespace: the gateway keeps only the most recently used
+    configs, and evicting one never breaks a call that is using it."""
+    helm = HelmGateway(kubeconfig, default_timeout=60, max_configs=2)
+    names = [unique("tenant-ct") for _ in range(5)]
+    try:
+        for ns in names:
+            await kube.ensure_namespace(ns, {"soctalk.io/test": "contract"})
+        release = unique("mini")
+        await helm.install(release, MINI_CHART, names[0], {"greeting": "kept"})
+        for _ in range(3):  # many namespaces at once, more than the bound, over and over
+            found = await asyncio.gather(*(helm.history(release, ns) for ns in names))
+            assert [len(h) for h in found] == [1, 0, 0, 0, 0]
+            assert helm.cached_configs <= 2
+        assert 'greeting: "kept"' in await helm.manifest(release, names[0])  # re-created after eviction
+        await helm.uninstall(release, names[0])
+    finally:
+        helm.close()
+        for ns in names:
+            await kube.delete_namespace(ns)

@@ -28,8 +28,10 @@ import contextlib
 import math
 import os
 import re
+import threading
 import time
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -162,27 +164,52 @@ def _classify(exc: hp.HelmError, what: str) -> GatewayError:
 
 class HelmGateway:
     def __init__(self, kubeconfig: str | None, *, default_timeout: float = 300,
-                 context: str | None = None) -> None:
+                 context: str | None = None, max_configs: int = 128) -> None:
         """``kubeconfig=None`` uses ``$KUBECONFIG``, ``~/.kube/config`` or the in-cluster account."""
         self._kubeconfig = os.path.expanduser(kubeconfig) if kubeconfig else None
         self._context = context
         self.default_timeout = default_timeout
-        self._configs: dict[str, hp.Config] = {}
+        # One SDK config per release namespace (it is where release records live), the most recently
+        # used ``max_configs`` kept: each holds a Kubernetes client and its discovery in the Go heap,
+        # and a drift round touches every tenant's namespace.
+        self._configs: OrderedDict[str, hp.Config] = OrderedDict()
+        self._in_use: Counter[str] = Counter()
+        self._configs_lock = threading.Lock()
+        self.max_configs = max_configs
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     def close(self) -> None:
-        for cfg in self._configs.values():
-            cfg.close()
-        self._configs.clear()
+        with self._configs_lock:
+            for cfg in self._configs.values():
+                cfg.close()
+            self._configs.clear()
 
-    def _config(self, namespace: str) -> hp.Config:
-        """One SDK config per release namespace (it is where release records live); thread-safe."""
-        cfg = self._configs.get(namespace)
-        if cfg is None:
-            cfg = hp.Config(kubeconfig_path=self._kubeconfig, kube_context=self._context,
-                            namespace=namespace)
-            cfg = self._configs.setdefault(namespace, cfg)
-        return cfg
+    @contextlib.contextmanager
+    def _config(self, namespace: str) -> Iterator[hp.Config]:
+        """The namespace's SDK config while the block runs (thread-safe; never closed while in use)."""
+        with self._configs_lock:
+            cfg = self._configs.get(namespace)
+            if cfg is None:  # parses options only; the cluster is contacted on the first action
+                cfg = self._configs[namespace] = hp.Config(
+                    kubeconfig_path=self._kubeconfig, kube_context=self._context, namespace=namespace)
+            self._configs.move_to_end(namespace)
+            self._in_use[namespace] += 1
+        try:
+            yield cfg
+        finally:
+            with self._configs_lock:
+                self._in_use[namespace] -= 1
+                if not self._in_use[namespace]:
+                    del self._in_use[namespace]
+                while len(self._configs) > self.max_configs:
+                    idle = next((ns for ns in self._configs if ns not in self._in_use), None)
+                    if idle is None:
+                        break
+                    self._configs.pop(idle).close()
+
+    @property
+    def cached_configs(self) -> int:
+        return len(self._configs)
 
     async def _run(self, what: str, fn: Callable[[hp.HelmContext | None], T],
                    timeout: float | None, *, cancellable: bool = False,  # noqa: ASYNC109
@@ -297,8 +324,9 @@ class HelmGateway:
         seconds = _seconds(timeout or self.default_timeout)
 
         def install(ctx: hp.HelmContext | None) -> ReleaseInfo:
-            summary = self._config(namespace).install(chart_path, release, values, context=ctx,
-                                                      namespace=namespace, timeout=seconds)
+            with self._config(namespace) as cfg:
+                summary = cfg.install(chart_path, release, values, context=ctx, namespace=namespace,
+                                      timeout=seconds)
             return ReleaseInfo.from_summary(summary, with_manifest=True)
 
         return await self._run(what, install, timeout, cancellable=True, release=(namespace, release))
@@ -310,19 +338,19 @@ class HelmGateway:
         seconds = _seconds(timeout or self.default_timeout)
 
         def upgrade(ctx: hp.HelmContext | None) -> ReleaseInfo:
-            cfg = self._config(namespace)
-            try:
-                summary = cfg.upgrade(chart_path, release, values, context=ctx, namespace=namespace,
-                                      timeout=seconds, reset_values=True, max_history=20)
-            except hp.HelmError as exc:
-                # The SDK says "has no deployed releases" both for a missing release and for one
-                # whose revisions all failed; tell them apart.
-                if "has no deployed releases" in str(exc):
-                    try:
-                        cfg.history(release)
-                    except hp.HelmNotFoundError:
-                        raise NotFound(f"{what}: release does not exist") from exc
-                raise
+            with self._config(namespace) as cfg:
+                try:
+                    summary = cfg.upgrade(chart_path, release, values, context=ctx, namespace=namespace,
+                                          timeout=seconds, reset_values=True, max_history=20)
+                except hp.HelmError as exc:
+                    # The SDK says "has no deployed releases" both for a missing release and for one
+                    # whose revisions all failed; tell them apart.
+                    if "has no deployed releases" in str(exc):
+                        try:
+                            cfg.history(release)
+                        except hp.HelmNotFoundError:
+                            raise NotFound(f"{what}: release does not exist") from exc
+                    raise
             return ReleaseInfo.from_summary(summary, with_manifest=True)
 
         return await self._run(what, upgrade, timeout, cancellable=True, release=(namespace, release))
@@ -333,9 +361,9 @@ class HelmGateway:
         what += f" to revision {revision}" if revision else ""
 
         def rollback(_: Any) -> ReleaseInfo:
-            cfg = self._config(namespace)
-            cfg.rollback(release, version=revision, timeout=_seconds(self.default_timeout))
-            return ReleaseInfo.from_summary(cfg.status(release))
+            with self._config(namespace) as cfg:
+                cfg.rollback(release, version=revision, timeout=_seconds(self.default_timeout))
+                return ReleaseInfo.from_summary(cfg.status(release))
 
         return await self._run(what, rollback, None, release=(namespace, release))
 
@@ -346,14 +374,15 @@ class HelmGateway:
 
         def uninstall(_: Any) -> None:
             # Not ignore_not_found: the SDK then also swallows failures to *read* the release.
-            with contextlib.suppress(hp.HelmNotFoundError):
-                self._config(namespace).uninstall(release, timeout=seconds)
+            with contextlib.suppress(hp.HelmNotFoundError), self._config(namespace) as cfg:
+                cfg.uninstall(release, timeout=seconds)
 
         await self._run(what, uninstall, timeout, release=(namespace, release))
 
     async def status(self, release: str, namespace: str) -> ReleaseInfo | None:
         def status(_: Any) -> ReleaseInfo:
-            return ReleaseInfo.from_summary(self._config(namespace).status(release))
+            with self._config(namespace) as cfg:
+                return ReleaseInfo.from_summary(cfg.status(release))
 
         try:
             return await self._run(f"helm status of release {namespace}/{release}", status, None)
@@ -364,7 +393,8 @@ class HelmGateway:
         """All stored revisions, oldest first; empty if the release does not exist."""
 
         def history(_: Any) -> list[ReleaseInfo]:
-            entries = [ReleaseInfo.from_summary(s) for s in self._config(namespace).history(release)]
+            with self._config(namespace) as cfg:
+                entries = [ReleaseInfo.from_summary(s) for s in cfg.history(release)]
             return sorted(entries, key=lambda r: r.revision)
 
         try:
@@ -376,7 +406,8 @@ class HelmGateway:
         def manifest(_: Any) -> str:
             # ``get_all`` reads the stored release only; ``status`` also looks up every resource of it
             # in the cluster (6x the time against the emulator, one request per object).
-            stored = self._config(namespace).get_all(release, revision=revision)
+            with self._config(namespace) as cfg:
+                stored = cfg.get_all(release, revision=revision)
             return str((stored.get("summary") or {}).get("manifest") or "")
 
         return await self._run(f"helm manifest of release {namespace}/{release}", manifest, None)
@@ -385,7 +416,8 @@ class HelmGateway:
         """The user-supplied values of the release (or of one revision)."""
 
         def values(_: Any) -> dict:
-            return dict(self._config(namespace).get_values(release, revision=revision) or {})
+            with self._config(namespace) as cfg:
+                return dict(cfg.get_values(release, revision=revision) or {})
 
         return await self._run(f"helm values of release {namespace}/{release}", values, None)
 
