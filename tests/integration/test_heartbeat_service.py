@@ -20,8 +20,6 @@ import aiohttp
 import pytest
 import structlog
 import structlog.testing
-from sqlalchemy import func, select, update
-
 from soctalk_common import events as ev
 from soctalk_common.bus import Bus
 from soctalk_common.clock import FakeClock
@@ -35,6 +33,8 @@ from soctalk_heartbeat.handlers import HeartbeatDeps
 from soctalk_heartbeat.intake import Incoming, Intake
 from soctalk_heartbeat.simulator import AdapterSimulator
 from soctalk_secrets.domain import new_token_record
+from sqlalchemy import select, update
+
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -641,3 +641,73 @@ async def test_token_cache_loads_a_batch_in_one_query_and_bounds_forged_prefixes
     await set_state(sessionmaker, tenants[0], "decommissioned")
     await cache.refresh()
     assert cache.tenant(str(tenants[0])) == (True, "decommissioned")
+
+
+async def test_the_token_cache_keeps_unchanged_records_and_replaces_changed_ones(sessionmaker, clock):
+    from soctalk_heartbeat.tokens import TokenCache
+
+    tid, _ = await make_tenant(sessionmaker)
+    _, prefix = await make_token(sessionmaker, tid, clock)
+    cache = TokenCache(sessionmaker, max_age_s=60)
+    await cache.ensure([prefix])
+    rec = cache.record(prefix)
+    await cache.refresh()
+    assert cache.record(prefix) is rec  # same row: the same object, nothing allocated per refresh
+    async with sessionmaker() as s, s.begin():
+        await s.execute(update(m.AdapterToken).where(m.AdapterToken.prefix == prefix).values(revoked_at=clock.now()))
+    await cache.refresh()
+    fresh = cache.record(prefix)
+    assert fresh is not rec and fresh is not None and fresh.revoked_at == clock.now()
+
+
+# ------------------------------------------------------------------------------------------------
+# restart and overload
+# ------------------------------------------------------------------------------------------------
+
+
+async def test_after_a_restart_healthy_tenants_take_no_transaction(start, bus, sessionmaker, clock, nats_url):
+    r = await start()
+    tenants = [await activate(r, bus, sessionmaker, clock, nats_url) for _ in range(3)]
+    await r.shutdown()
+
+    r2 = await start()  # no views: they come from the durable flags, one query for the batch
+    clock.advance(30)
+    await asyncio.gather(*(adapter.beat_once() for _, adapter in tenants))
+    for tid, _ in tenants:
+        await eventually(lambda tid=tid: _last_seen_is(sessionmaker, tid, clock.now()), what="last_seen")
+    assert r2.metric("soctalk_heartbeat_transactions_total") == 0
+    assert len(r2.deps.views) == 3
+
+
+async def test_a_burst_beyond_the_pending_bound_is_dropped_and_counted(start, bus, sessionmaker, clock, nats_url):
+    from soctalk_heartbeat.consumer import QUEUE, SUBJECT, _Batcher
+
+    # The subscription alone (nothing takes from it), on the real server, with a small bound.
+    drops: list[int] = []
+    sub = await _Batcher(bus.nc, SUBJECT, QUEUE, max_msgs=20, max_bytes=1_000_000,
+                         on_drop=lambda: drops.append(1)).start()
+    try:
+        tid = uuid.uuid4()
+        body = ev.AdapterHeartbeat(tenant_id=tid, adapter_version="1", status="ok").model_dump_json().encode()
+        publisher = await Bus.connect(nats_url)
+        for _ in range(50):
+            await publisher.nc.publish(f"soctalk.adapter.{tid}.heartbeat", body)
+        await publisher.nc.flush()
+        await eventually(_probe(lambda: len(sub) + sub.dropped == 50), what="every message received or dropped")
+        assert len(sub) == 20 and sub.dropped == 30 == len(drops)
+        assert len(await sub.fetch(100, 0.01)) == 20 and len(sub) == 0
+        await publisher.close()
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_drops_are_counted_in_the_service_metrics_and_logged_once(start, bus, sessionmaker, clock, nats_url):
+    r = await start(max_pending_msgs=5)
+    consumer_task = next(t for t in r.process.tasks if t.name == "heartbeat-consumer")
+    consumer = consumer_task.fn.__self__  # type: ignore[attr-defined]
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            consumer._dropped()
+    assert r.metric("soctalk_heartbeat_dropped_total") == 3
+    dropped_lines = [e for e in logs if e["event"] == "heartbeat.dropped"]
+    assert len(dropped_lines) == 1 and dropped_lines[0]["max_pending_msgs"] == 5

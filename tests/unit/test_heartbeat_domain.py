@@ -7,7 +7,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from soctalk_common import events as ev
 from soctalk_heartbeat import domain
 from soctalk_heartbeat.domain import Snapshot
@@ -203,13 +202,13 @@ def test_views_take_the_fast_path_only_when_nothing_can_change() -> None:
 
 def test_buffer_keeps_the_newest_per_tenant_and_restores_without_overwriting() -> None:
     buf, t = LastSeenBuffer(), uuid.uuid4()
-    hb = ev.AdapterHeartbeat(tenant_id=t, adapter_version="1", status="ok")
-    old, new = Pending(NOW, {}, hb), Pending(NOW + timedelta(seconds=30), {}, hb)
+    body = ev.AdapterHeartbeat(tenant_id=t, adapter_version="1", status="ok").model_dump_json().encode()
+    old, new = Pending(NOW, body), Pending(NOW + timedelta(seconds=30), body)
     buf.put(t, new)
     buf.put(t, old)
     taken = buf.take()
     assert taken[t] is new and len(buf) == 0
-    newer = Pending(NOW + timedelta(seconds=60), {}, hb)
+    newer = Pending(NOW + timedelta(seconds=60), body)
     buf.put(t, newer)
     buf.restore(taken)
     assert buf.take()[t] is newer

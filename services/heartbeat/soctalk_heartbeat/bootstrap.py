@@ -3,7 +3,8 @@
 ``bootstrap(...)`` returns a :class:`~soctalk_common.service.ServiceProcess` running:
 
 * the ``ChartApplied`` route on the generic runtime (durable ``heartbeat--ChartApplied``, inbox);
-* ``heartbeat-consumer``: the batched core-NATS queue subscription (see consumer.py: never stored);
+* ``heartbeat-consumer``: the batched core-NATS queue subscription (see consumer.py: never stored;
+  a bounded pending buffer, drops counted in ``soctalk_heartbeat_dropped_total``);
 * ``heartbeat-flush``: the batched ``last_seen`` write, every ``settings.heartbeat_flush_s``;
 * ``heartbeat-liveness``: the silence sweep (TenantDegraded);
 * ``token-cache-refresh``: reloads cached tokens/tenant states every ``token_refresh_s`` (≈1 s), which
@@ -30,7 +31,7 @@ from soctalk_common.settings import Settings
 from soctalk_common.uow import UnitOfWorkFactory
 
 from soctalk_heartbeat import handlers
-from soctalk_heartbeat.consumer import HeartbeatConsumer
+from soctalk_heartbeat.consumer import MAX_PENDING_BYTES, MAX_PENDING_MSGS, HeartbeatConsumer
 from soctalk_heartbeat.handlers import HeartbeatConfig, HeartbeatDeps
 from soctalk_heartbeat.http import routes
 from soctalk_heartbeat.intake import Intake
@@ -51,8 +52,11 @@ def signing_key(settings: Settings) -> bytes:
 def bootstrap(settings: Settings, *, uow: UnitOfWorkFactory, bus: Bus, clock: Clock | None = None,
               kube: Any = None, helm: Any = None, vault: Any = None, http_host: str = "127.0.0.1",
               token_refresh_s: float = 1.0, liveness_check_s: float | None = None,
-              batch_size: int = 500, fetch_timeout_s: float = 1.0) -> ServiceProcess:
-    """Build the heartbeat service. ``liveness_check_s`` defaults to a third of an interval (≤ 10 s)."""
+              batch_size: int = 500, fetch_timeout_s: float = 1.0,
+              max_pending_msgs: int = MAX_PENDING_MSGS, max_pending_bytes: int = MAX_PENDING_BYTES,
+              ) -> ServiceProcess:
+    """Build the heartbeat service. ``liveness_check_s`` defaults to a third of an interval (≤ 10 s);
+    ``max_pending_*`` bound the heartbeats received and not yet handled (see consumer.py)."""
     registry = CollectorRegistry()
     config = HeartbeatConfig(key=signing_key(settings), interval_s=settings.heartbeat_interval_s,
                              missed_intervals=settings.heartbeat_missed_intervals,
@@ -67,7 +71,8 @@ def bootstrap(settings: Settings, *, uow: UnitOfWorkFactory, bus: Bus, clock: Cl
     runtime.route("ChartApplied", handlers.on_chart_applied)
     intake = Intake(deps)
     consumer = HeartbeatConsumer(bus, intake, batch=batch_size, fetch_timeout_s=fetch_timeout_s,
-                                 ack_wait_s=settings.ack_wait_s)
+                                 ack_wait_s=settings.ack_wait_s, max_pending_msgs=max_pending_msgs,
+                                 max_pending_bytes=max_pending_bytes)
     liveness_s = liveness_check_s or min(10.0, settings.heartbeat_interval_s / 3)
 
     async def final_flush() -> None:

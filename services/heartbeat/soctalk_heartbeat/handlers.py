@@ -135,8 +135,9 @@ async def flush(deps: HeartbeatDeps) -> int:
     if not entries:
         return 0
     try:
-        result = await store.flush_last_seen(
-            deps.uow.sessionmaker, [(t, p.seen_at, p.health) for t, p in entries.items()])
+        # Each buffered body is parsed here once (it was valid when verified), not kept as a model.
+        rows = ((t, p.seen_at, domain.health_of(_heartbeat(p))) for t, p in entries.items())
+        result = await store.flush_last_seen(deps.uow.sessionmaker, rows)
     except BaseException:
         deps.buffer.restore(entries)
         raise
@@ -150,12 +151,16 @@ async def flush(deps: HeartbeatDeps) -> int:
     return len(result)
 
 
+def _heartbeat(p: Pending) -> ev.AdapterHeartbeat:
+    return ev.AdapterHeartbeat.model_validate_json(p.body)
+
+
 async def _observe_logged(p: Pending, deps: HeartbeatDeps) -> None:
+    hb = _heartbeat(p)
     try:
-        await observe(p.heartbeat, p.seen_at, deps)
+        await observe(hb, p.seen_at, deps)
     except Exception as exc:  # noqa: BLE001 - the view is forgotten, so the next heartbeat retries
-        log.warning("heartbeat.observe_failed", tenant_id=str(p.heartbeat.tenant_id),
-                    error=type(exc).__name__)
+        log.warning("heartbeat.observe_failed", tenant_id=str(hb.tenant_id), error=type(exc).__name__)
 
 
 async def degrade_silent(deps: HeartbeatDeps, *, limit: int = 500) -> int:

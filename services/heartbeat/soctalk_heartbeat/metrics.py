@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from soctalk_heartbeat.domain import REFUSAL_REASONS
 
@@ -27,6 +27,11 @@ class HeartbeatMetrics:
         self.flushed = Counter("soctalk_heartbeat_flushed_rows", "last_seen refreshes written in batches",
                                registry=registry)
         self.flushes = Counter("soctalk_heartbeat_flushes", "Batched last_seen flushes", registry=registry)
+        self.dropped = Counter("soctalk_heartbeat_dropped", "Heartbeats dropped unread: the pending buffer "
+                               "was full (slow consumer; core NATS is at-most-once, adapters resend)",
+                               registry=registry)
+        self.pending = Gauge("soctalk_heartbeat_pending", "Heartbeats received and not yet handled",
+                             registry=registry)
         self.batch = Histogram("soctalk_heartbeat_batch_size", "Messages per pulled batch", registry=registry,
                                buckets=(1, 10, 50, 100, 250, 500, 1000, 2000))
 

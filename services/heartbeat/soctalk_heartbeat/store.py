@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,6 +25,7 @@ from soctalk_common.db import models as m
 from soctalk_common.uow import UnitOfWork
 from sqlalchemy import String, any_, bindparam, case, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -121,6 +122,18 @@ async def claim_degraded(tx: UnitOfWork, tenant_id: uuid.UUID, cutoff: datetime,
     return None if row is None else (row.last_seen, row.last_health)
 
 
+async def view_flags(sessionmaker: async_sessionmaker[AsyncSession], tenant_ids: Sequence[uuid.UUID]
+                     ) -> list[tuple[uuid.UUID, bool, bool, dict[str, str]]]:
+    """``(tenant, activated, degraded, component statuses)`` of the tenants that have a heartbeat row,
+    in one query: what a view needs (tenants without a row are left out: their first heartbeat takes
+    the transactional path)."""
+    stmt = select(HS.tenant_id, HS.activated_event_id.is_not(None), HS.degraded, HS.components).where(
+        HS.tenant_id == any_(bindparam("t", list(tenant_ids), type_=ARRAY(PG_UUID(as_uuid=True)))))
+    async with sessionmaker() as s:
+        rows = (await s.execute(stmt)).all()
+    return [(r[0], bool(r[1]), bool(r[2]), dict(r[3] or {})) for r in rows]
+
+
 async def silent_candidates(sessionmaker: async_sessionmaker[AsyncSession], cutoff: datetime,
                             states: Sequence[str], limit: int) -> list[uuid.UUID]:
     """Activated, not-degraded tenants in a liveness state whose last heartbeat is older than ``cutoff``."""
@@ -173,17 +186,24 @@ FlushEntry = tuple[uuid.UUID, datetime, dict[str, Any]]
 
 
 async def flush_last_seen(sessionmaker: async_sessionmaker[AsyncSession],
-                          entries: Sequence[FlushEntry]) -> dict[uuid.UUID, Flushed]:
+                          entries: Iterable[FlushEntry]) -> dict[uuid.UUID, Flushed]:
     """One statement, one transaction: refresh ``last_seen``/``last_health`` (and the tenant's
     ``last_heartbeat_at``/``last_health``) for many tenants, only where strictly newer than what is
     recorded (a transactional write of a later heartbeat always wins over a buffered older one).
     Returns the tenants it locked; the caller keeps the others (locked by a state change right now)
     for the next flush."""
-    if not entries:
+    ids: list[uuid.UUID] = []
+    seen: list[datetime] = []
+    health: list[str] = []
+    comps: list[str] = []
+    for tenant_id, seen_at, h in entries:  # one pass: each health dict is serialised and dropped
+        ids.append(tenant_id)
+        seen.append(seen_at)
+        health.append(json.dumps(h))
+        comps.append(json.dumps(component_statuses(h)))
+    if not ids:
         return {}
-    params = {"ids": [e[0] for e in entries], "seen": [e[1] for e in entries],
-              "health": [json.dumps(e[2]) for e in entries],
-              "comps": [json.dumps(component_statuses(e[2])) for e in entries]}
+    params = {"ids": ids, "seen": seen, "health": health, "comps": comps}
     async with sessionmaker() as s, s.begin():
         rows = (await s.execute(_FLUSH, params)).all()
     return {r.id: Flushed(r.degraded, r.activated, r.changed) for r in rows}

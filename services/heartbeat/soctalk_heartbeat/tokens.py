@@ -7,13 +7,16 @@ What callers can rely on:
   A prefix with no row is cached as unknown too (forged tokens cannot turn into a query per message).
 * ``refresh()`` (a periodic task, every ``refresh_s`` ≈ 1 s) reloads every cached token and tenant in
   one query per table and evicts entries unused for ``idle_s``; unknown prefixes (at most
-  ``max_unknown``, oldest dropped first) are looked up again only when presented after ``max_age_s``. Together with ``max_age_s`` this bounds how long
-  a revocation, expiry change or tenant decommission can go unseen: one refresh period normally,
-  ``max_age_s`` if the refresh loop is failing. If Postgres is down and an entry is too old, ``ensure``
-  raises and the caller retries the messages later — a stale cache never accepts.
+  ``max_unknown``, oldest dropped first) are looked up again only when presented after ``max_age_s``.
+  Together with ``max_age_s`` this bounds how long a revocation, expiry change or tenant decommission
+  can go unseen: one refresh period normally, ``max_age_s`` if the refresh loop is failing. If Postgres
+  is down and an entry is too old, ``ensure`` raises and the caller retries the messages later — a
+  stale cache never accepts.
 * Revocation is instant while the LISTEN connection is up: a trigger NOTIFYs every token or tenant-state
   change and ``invalidate_*`` drops the entry, so the very next heartbeat re-reads it.
 * Only public data is held: prefixes, keyed hashes, owners, lifetimes. Never a token.
+* One small slotted entry per token and per tenant; a refresh that finds a row unchanged keeps the
+  record it has (no new objects per cached token per second).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from soctalk_common.db import models as m
@@ -31,11 +33,13 @@ from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 
-@dataclass
 class _Entry:
-    value: Any
-    loaded: float
-    used: float
+    __slots__ = ("value", "loaded", "used")
+
+    def __init__(self, value: Any, loaded: float, used: float) -> None:
+        self.value = value
+        self.loaded = loaded
+        self.used = used
 
 
 class TokenCache:
@@ -52,19 +56,20 @@ class TokenCache:
         self.invalidations = 0
 
     # -- reads (memory only) ----------------------------------------------------------------------
-    def record(self, prefix: str) -> AdapterTokenRecord | None:
+    def record(self, prefix: str, now: float | None = None) -> AdapterTokenRecord | None:
+        """``now``: ``time.monotonic()``, when the caller already has it (one reading per batch)."""
         e = self._tokens.get(prefix)
         if e is None:
             return None
-        e.used = time.monotonic()
+        e.used = time.monotonic() if now is None else now
         return e.value
 
-    def tenant(self, tenant_id: str) -> tuple[bool, str | None]:
+    def tenant(self, tenant_id: str, now: float | None = None) -> tuple[bool, str | None]:
         """``(known, state)``; ``known`` is False when there is no tenant row."""
         e = self._tenants.get(tenant_id)
         if e is None or e.value is None:
             return False, None
-        e.used = time.monotonic()
+        e.used = time.monotonic() if now is None else now
         return True, e.value
 
     def __len__(self) -> int:
@@ -119,13 +124,17 @@ class TokenCache:
         stmt = select(t.prefix, t.token_hash, t.tenant_id, t.created_at, t.version_label, t.expires_at,
                       t.revoked_at).where(t.prefix == any_(bindparam("p", sorted(prefixes), type_=ARRAY(String))))
         async with self.sessionmaker() as s:
-            found = {r.prefix: _record(r) for r in (await s.execute(stmt)).all()}
+            found = {r[0]: r for r in (await s.execute(stmt)).all()}
         self.loads += 1
         now = time.monotonic()
         for p in prefixes:
-            if p in found:
+            row = found.get(p)
+            if row is not None:
                 old = self._tokens.get(p)
-                self._tokens[p] = _Entry(found[p], now, old.used if old else now)
+                if old is not None and _same(old.value, row):
+                    old.loaded = now  # unchanged: keep the record
+                else:
+                    self._tokens[p] = _Entry(_record(row), now, old.used if old else now)
                 self._unknown.pop(p, None)
             else:  # deleted, or never existed (forged): remember briefly, bounded
                 self._tokens.pop(p, None)
@@ -144,7 +153,18 @@ class TokenCache:
         now = time.monotonic()
         for t in tenant_ids:
             old = self._tenants.get(t)
-            self._tenants[t] = _Entry(found.get(t), now, old.used if old else now)
+            if old is None:
+                self._tenants[t] = _Entry(found.get(t), now, now)
+            else:
+                old.value, old.loaded = found.get(t), now
+
+
+def _same(rec: AdapterTokenRecord, row: Any) -> bool:
+    """Whether a loaded row says what the cached record says (then the record is kept). Both sides
+    are stored values (nothing presented by a client), so plain equality is fine here."""
+    return (rec.token_hash == row.token_hash and rec.tenant_id == str(row.tenant_id)
+            and rec.created_at == row.created_at and rec.version_label == row.version_label
+            and rec.expires_at == row.expires_at and rec.revoked_at == row.revoked_at)
 
 
 def _record(row: Any) -> AdapterTokenRecord:

@@ -469,9 +469,14 @@ def verify_token(key: bytes, presented: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_token(key, presented).encode(), stored_hash.encode())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AdapterTokenRecord:
-    """A stored adapter token: public prefix, keyed hash, owner and lifetime. Holds no material."""
+    """A stored adapter token: public prefix, keyed hash, owner and lifetime. Holds no material.
+
+    Slotted (the heartbeat service caches one per tenant). What :func:`token_decision` would otherwise
+    work out on every message is worked out once here: whether ``token_hash`` is well-formed, and the
+    owner's canonical id (``None`` if ``tenant_id`` is not a UUID: every message is then refused as
+    ``wrong_tenant``, as before)."""
 
     prefix: str
     token_hash: str
@@ -480,6 +485,17 @@ class AdapterTokenRecord:
     version_label: str = INITIAL_VERSION_LABEL
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
+    hash_ok: bool = field(init=False, repr=False, compare=False)
+    owner: str | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ok = isinstance(self.token_hash, str) and _HASH_RE.fullmatch(self.token_hash) is not None
+        object.__setattr__(self, "hash_ok", ok)
+        try:
+            owner: str | None = _tenant_uuid(self.tenant_id)
+        except ValidationFailed:
+            owner = None
+        object.__setattr__(self, "owner", owner)
 
 
 @dataclass(frozen=True)
@@ -535,6 +551,24 @@ def revoke(record: AdapterTokenRecord, now: datetime) -> AdapterTokenRecord:
     return replace(record, revoked_at=now)
 
 
+_KEYED: dict[bytes, hmac.HMAC] = {}  # signing key → HMAC-SHA256 state with the key absorbed (few keys)
+
+
+def _keyed_hex(key: bytes, token: str) -> str:
+    """``hash_token(key, token)``, from a copy of a per-key HMAC state (the key's pads are not
+    recomputed per message). Same checks on the key, same digest."""
+    base = _KEYED.get(key) if isinstance(key, bytes) else None
+    if base is None:
+        if not isinstance(key, bytes) or len(key) < _MIN_KEY_BYTES:
+            raise PermanentError(f"adapter signing key must be at least {_MIN_KEY_BYTES} bytes")
+        if len(_KEYED) >= 4:  # a key rotation leaves one stale entry; never grows beyond a few
+            _KEYED.clear()
+        base = _KEYED[key] = hmac.new(key, digestmod=hashlib.sha256)
+    h = base.copy()
+    h.update(token.encode("utf-8"))
+    return h.hexdigest()
+
+
 def token_decision(
     record: AdapterTokenRecord | None,
     subject_tenant_id: uuid.UUID | str,
@@ -559,13 +593,16 @@ def token_decision(
         return Refuse("malformed")
     if record is None or not hmac.compare_digest(record.prefix, prefix):
         return Refuse("unknown_prefix")
-    if not verify_token(key, presented, record.token_hash):
+    # verify_token's check, with what does not depend on the message worked out once: the stored
+    # hash's shape (record.hash_ok) and the keyed HMAC state (_keyed_hex). Same HMAC-SHA256 hex,
+    # same constant-time compare.
+    if not (record.hash_ok and hmac.compare_digest(_keyed_hex(key, presented), record.token_hash)):
         return Refuse("bad_secret")
     try:
-        subject, owner = _tenant_uuid(subject_tenant_id), _tenant_uuid(record.tenant_id)
+        subject = _tenant_uuid(subject_tenant_id)
     except ValidationFailed:
         return Refuse("wrong_tenant")
-    if owner != subject:
+    if record.owner is None or record.owner != subject:
         return Refuse("wrong_tenant")
     if record.revoked_at is not None and record.revoked_at <= now:
         return Refuse("revoked")
