@@ -128,7 +128,8 @@ def test_manifest_workloads_of_the_tenant_chart_match_a_full_parse(suspended: bo
 
 _KINDS = st.sampled_from(["Deployment", "StatefulSet", "Job", "ConfigMap", "Service", "CronJob",
                           "DeploymentList", "List"])
-_TEXT = st.lists(st.sampled_from(["a", " ", "\n", "-", "---", "Deployment", "kind: Job", ":"]),
+_TEXT = st.lists(st.sampled_from(["a", " ", "\n", "-", "---", "Deployment", "kind: Job", ":", '"', "'", "[",
+                                  "]", "{", "}", "#", "\\", ",", "\nkind: Job\n", "\nmetadata:\n  name: x\n"]),
                  max_size=12).map("".join)
 
 
@@ -151,18 +152,20 @@ def _doc(draw: Any) -> dict[str, Any]:
     return {k: doc[k] for k in keys}
 
 
-def _stream(docs: list[dict[str, Any]], style: str | None) -> str:
-    return "".join("---\n# Source: t.yaml\n" + yaml.safe_dump(d, default_style=style, sort_keys=False)
+def _stream(docs: list[dict[str, Any]], style: str | None, flow: bool | None) -> str:
+    return "".join("---\n# Source: t.yaml\n" + yaml.safe_dump(d, default_style=style, sort_keys=False,
+                                                                 default_flow_style=flow, width=24 if flow else 80)
                    for d in docs)
 
 
-@settings(max_examples=400, deadline=None)
-@given(st.lists(_doc(), max_size=8), st.sampled_from([None, "|", '"']))
-def test_manifest_workloads_equal_a_full_parse(docs: list[dict[str, Any]], style: str | None) -> None:
+@settings(max_examples=600, deadline=None)
+@given(st.lists(_doc(), max_size=8), st.sampled_from([None, "|", '"', "'"]), st.sampled_from([False, None, True]))
+def test_manifest_workloads_equal_a_full_parse(docs: list[dict[str, Any]], style: str | None,
+                                               flow: bool | None) -> None:
     """Skipping documents that name no workload kind, and building only names, never changes the
     answer, whatever the documents hold (``---`` lines and kind names inside strings, block and
     quoted scalars, keys in any order, no or null metadata, names YAML would read as numbers)."""
-    text = _stream(docs, style)
+    text = _stream(docs, style, flow)
     assert drift.manifest_workloads(text) == drift.workload_names(drift.parse_manifest(text))
 
 
@@ -172,9 +175,25 @@ def test_manifest_workloads_equal_a_full_parse(docs: list[dict[str, Any]], style
     "kind: Deployment\nmetadata:\n  name: a\nkind: ConfigMap\n",  # a repeated key: the last wins
     "--- {kind: Deployment, metadata: {name: flow}}\n--- [1, 2]\n--- plain\n---\n",
     "kind: DeploymentList\nitems:\n- kind: Deployment\n  metadata: {name: x}\n- 3\n- kind: Job\n",
+    # flow constructs continued on column-0 lines that look like keys
+    'kind: StatefulSet\nmetadata: {name: s}\nspec: {a: "x\nkind: Deployment"}\n',
+    'kind: StatefulSet\nspec: [1,\nkind: Job]\nmetadata: {name: s}\n',
+    "kind: StatefulSet\nnote: 'it''s\nkind: Job'\nmetadata:\n  name: s\n",
+    'a"b: [x, y"\nkind: Job]\nkind: Deployment\nmetadata: {name: d}\n',
+    "kind: Deployment\nmetadata:\n  name: &n web\nspec:\n  x: *n\n",
+    "kind: Deployment\nspec:\n  x: &n web\nmetadata:\n  name: *n\n",  # alias to a cut entry
+    "kind: Deployment\nmetadata:\n  name: a # [unclosed\n",
+    "%YAML 1.1\n---\nkind: Job\nmetadata: {name: j}\n",
 ])
 def test_manifest_workloads_unusual_documents(text: str) -> None:
-    assert drift.manifest_workloads(text) == drift.workload_names(drift.parse_manifest(text))
+    def outcome(fn: Any) -> Any:  # the answer, or that both refuse the text
+        try:
+            return fn(text)
+        except yaml.YAMLError:
+            return "YAMLError"
+
+    full = outcome(lambda t: drift.workload_names(drift.parse_manifest(t)))
+    assert outcome(drift.manifest_workloads) == full
 
 
 # --- local chart versions ----------------------------------------------------------------------------

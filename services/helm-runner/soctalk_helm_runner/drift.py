@@ -85,20 +85,103 @@ def manifest_workloads(text: str) -> list[str]:
     A tenant release is ~60 documents of which 6 are workloads, and building Python objects for all
     of them was most of the helm-runner's own CPU per install. So: documents whose text names no
     workload kind are skipped unparsed (documents start at a column-0 ``---``; inside a block scalar
-    such a line would end the scalar, so the split is exact); the rest are composed by libyaml into
+    such a line would end the scalar, so the split is exact); the rest are cut to their ``kind``,
+    ``metadata`` and ``items`` entries when that is exact (:func:`_head`), composed by libyaml into
     nodes, and only ``kind`` and ``metadata.name`` (and a List's items') are constructed. A document
     using merge keys is constructed whole. Tested for equality with the full parse."""
     text = text or ""
     starts = [m.start() for m in _DOC_START.finditer(text)]
     bounds = zip([0, *starts], [*starts, len(text)], strict=True)
-    kept = "\n".join(piece for a, b in bounds if any(k in (piece := text[a:b]) for k in WORKLOAD_KINDS))
-    build = yaml.constructor.SafeConstructor()
     found: list[str] = []
-    for node in yaml.compose_all(kept, Loader=_SAFE_LOADER):
-        for kind, name in _object_names(node, build, top=True):
-            if kind in WORKLOAD_KINDS:
-                found.append(f"{kind}/{name}")
+    for a, b in bounds:
+        doc = text[a:b]
+        if not any(k in doc for k in WORKLOAD_KINDS):
+            continue
+        head = _head(doc)
+        try:
+            found += _workloads(head if head is not None else doc)
+        except yaml.YAMLError:
+            if head is None:
+                raise
+            found += _workloads(doc)  # e.g. an alias to an anchor in a cut entry: the whole document
     return sorted(found)
+
+
+def _workloads(text: str) -> list[str]:
+    build = yaml.constructor.SafeConstructor()
+    return [f"{kind}/{name}" for node in yaml.compose_all(text, Loader=_SAFE_LOADER)
+            for kind, name in _object_names(node, build, top=True) if kind in WORKLOAD_KINDS]
+
+
+_TOP_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*):(?:[ \t]|\r?$)")
+_HEAD_KEYS = frozenset({"kind", "metadata", "items"})
+_FLOW_CHARS = re.compile(r"[\"'\[{]")
+
+
+def _head(doc: str) -> str | None:
+    """The document cut to its ``kind``, ``metadata`` and ``items`` entries; None: parse it whole.
+
+    A workload's spec is most of its text, and composing it into nodes was most of the cost left. The
+    cut is exact when every column-0 line is a plain top-level key, a comment or a bare ``---``:
+    block scalars and multi-line plain scalars are indented, and only a flow scalar or collection
+    left open at a line's end could continue on a column-0 line — so any line that may leave one
+    open (:func:`_closed`, conservative) makes the whole document parsed instead."""
+    out: list[str] = []
+    keep = False
+    for line in doc.splitlines(keepends=True):
+        if _FLOW_CHARS.search(line) and not _closed(line):
+            return None
+        first = line[:1]
+        if first in (" ", "\t", "\n", "\r", "#", ""):
+            if keep:
+                out.append(line)
+            continue
+        if line.startswith("---"):
+            if line.rstrip() != "---":
+                return None
+            out.append(line)
+            keep = False
+            continue
+        key = _TOP_KEY.match(line)
+        if key is None:
+            return None
+        keep = key.group(1) in _HEAD_KEYS
+        if keep:
+            out.append(line)
+    return "".join(out)
+
+
+def _closed(line: str) -> bool:
+    """True if every flow collection and quoted scalar ``line`` may open is closed on it.
+
+    Conservative: brackets count wherever they are (a ``[`` inside a plain scalar is literal to YAML,
+    but counting it only sends the document to the full parse); a quote opens a scalar only where a
+    token can start (line start, after a space, ``,``, ``[`` or ``{``), as in YAML, so a literal quote
+    inside a plain key can never hide a real opener behind it."""
+    depth, quote, prev, i, n = 0, "", " ", 0, len(line)
+    while i < n:
+        ch = line[i]
+        if quote:
+            if quote == '"' and ch == "\\":
+                i += 2
+                prev = "x"
+                continue
+            if ch == quote:
+                if quote == "'" and line[i + 1:i + 2] == "'":
+                    i += 2
+                    continue
+                quote = ""
+        elif ch == "#" and prev in " \t":
+            break
+        elif ch in "\"'" and prev in " \t,[{":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}" and depth:
+            depth -= 1
+        prev = ch
+        i += 1
+    return not quote and depth == 0
 
 
 _STR = "tag:yaml.org,2002:str"
