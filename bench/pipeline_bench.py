@@ -312,6 +312,7 @@ async def scenario(n: int, kubeconfig: str | None, timeout: float) -> dict[str, 
             with contextlib.ExitStack() as spies:  # BENCH_PROFILE=1: every service, while ours runs
                 for name, proc in ds.procs.items():
                     spies.enter_context(profiler(proc.pid, f"pipeline-{name}"))
+                spies.enter_context(profiler(os.getpid(), "pipeline-bench"))  # the emulator, kubelet, adapters
                 ours_s, ids = await run.provision([f"bench-{i:05d}" for i in range(n)], timeout)
             c2 = cpu_by_process(ds)
             activated = await run.activations(ids, 120)
