@@ -227,6 +227,22 @@ async def test_server_side_apply(http: Http) -> None:
     assert (await http.call("GET", "/api/v1/namespaces/default/configmaps/dry"))[0] == 404
 
 
+async def test_apply_bodies_in_yaml_and_json_mean_the_same(http: Http) -> None:
+    """client-go sends apply patches as JSON; kubectl and people send YAML. Both are decoded alike."""
+    path = "/api/v1/namespaces/default/configmaps/yamlish"
+    text = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: yamlish\ndata:\n  a: '1'\n  when: 2024-01-01\n"
+    async with http.session.request("PATCH", http.base + path, data=text, params={"fieldManager": "one"},
+                                    headers={"Content-Type": APPLY}) as response:
+        assert response.status == 201, await response.text()
+    got = await http.ok("GET", path)
+    assert got["data"] == {"a": "1", "when": "2024-01-01"}  # a timestamp stays the string it was
+    status, _ = await http.call("PATCH", path, None, content_type=APPLY, fieldManager="one")
+    assert status in (400, 422)
+    async with http.session.request("PATCH", http.base + path, data="data: [unclosed", params={"fieldManager": "x"},
+                                    headers={"Content-Type": APPLY}) as response:
+        assert response.status == 400 and "cannot decode" in await response.text()
+
+
 async def test_finalizers_and_namespace_deletion(http: Http) -> None:
     await http.ok("POST", "/api/v1/namespaces", {"metadata": {"name": "tenant-gone"}})
     held = cm("held")

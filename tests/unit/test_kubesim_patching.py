@@ -113,3 +113,33 @@ def test_apply_twice_is_stable(config: dict) -> None:
     obj, owners = apply(None, config, "m", {}, force=False)
     again, owners_again = apply(obj, config, "m", owners, force=False)
     assert again == obj and owners_again == owners
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
+                                                                                  max_size=4), max_leaves=30)
+
+
+@given(_JSON)
+def test_clone_is_a_deep_copy_of_json_values(value: object) -> None:
+    import copy
+
+    from soctalk_kubesim.clone import clone
+
+    copied = clone(value)
+    assert copied == copy.deepcopy(value)
+    if isinstance(value, dict | list) and value:
+        assert copied is not value
+        # mutating every container of the copy leaves the original alone
+        def scramble(v: object) -> None:
+            if isinstance(v, dict):
+                for child in v.values():
+                    scramble(child)
+                v["__x"] = 1
+            elif isinstance(v, list):
+                for child in v:
+                    scramble(child)
+                v.append("__x")
+        before = copy.deepcopy(value)
+        scramble(copied)
+        assert value == before

@@ -15,8 +15,9 @@ Everything here is pure and raises ``PatchError`` for malformed input; the emula
 
 from __future__ import annotations
 
-import copy
 from typing import Any
+
+from .clone import clone
 
 Json = Any
 
@@ -37,7 +38,7 @@ class ApplyConflict(Exception):
 
 def merge_patch(target: Json, patch: Json) -> Json:
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return clone(patch)
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
@@ -73,9 +74,9 @@ def _merge_key(field: str, items: list) -> str | None:
 
 def strategic_merge_patch(target: Json, patch: Json) -> Json:
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return clone(patch)
     if patch.get("$patch") == "replace":
-        return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
+        return {k: clone(v) for k, v in patch.items() if k != "$patch"}
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if key.startswith("$"):
@@ -84,25 +85,25 @@ def strategic_merge_patch(target: Json, patch: Json) -> Json:
             result.pop(key, None)
         elif isinstance(value, list) and isinstance(result.get(key), list):
             merge_key = _merge_key(key, value + result[key])
-            result[key] = _merge_list(result[key], value, merge_key) if merge_key else copy.deepcopy(value)
+            result[key] = _merge_list(result[key], value, merge_key) if merge_key else clone(value)
         elif isinstance(value, dict):
             result[key] = strategic_merge_patch(result.get(key), value)
         else:
-            result[key] = copy.deepcopy(value)
+            result[key] = clone(value)
     return result
 
 
 def _merge_list(current: list, patch: list, merge_key: str) -> list:
     if not all(isinstance(i, dict) and merge_key in i for i in current + patch):
-        return copy.deepcopy(patch)
-    merged = [copy.deepcopy(i) for i in current]
+        return clone(patch)
+    merged = [clone(i) for i in current]
     for item in patch:
         index = next((n for n, c in enumerate(merged) if c[merge_key] == item[merge_key]), None)
         if item.get("$patch") == "delete":
             if index is not None:
                 merged.pop(index)
         elif index is None:
-            merged.append(copy.deepcopy(item))
+            merged.append(clone(item))
         else:
             merged[index] = strategic_merge_patch(merged[index], item)
     return merged
@@ -166,24 +167,24 @@ def _remove(doc: Json, tokens: list[str]) -> Json:
 def json_patch(target: Json, operations: Json) -> Json:
     if not isinstance(operations, list):
         raise PatchError("a JSON patch must be a list of operations")
-    doc = copy.deepcopy(target)
+    doc = clone(target)
     for op in operations:
         if not isinstance(op, dict) or "op" not in op or "path" not in op:
             raise PatchError(f"malformed JSON patch operation {op!r}")
         tokens = _pointer(op["path"])
         kind = op["op"]
         if kind == "add":
-            doc = _add(doc, tokens, copy.deepcopy(op.get("value")))
+            doc = _add(doc, tokens, clone(op.get("value")))
         elif kind == "remove":
             _remove(doc, tokens)
         elif kind == "replace":
             _walk(doc, tokens)  # must exist
             if tokens:
                 _remove(doc, tokens)
-            doc = _add(doc, tokens, copy.deepcopy(op.get("value")))
+            doc = _add(doc, tokens, clone(op.get("value")))
         elif kind in ("move", "copy"):
             source = _pointer(op.get("from", ""))
-            value = copy.deepcopy(_walk(doc, source))
+            value = clone(_walk(doc, source))
             if kind == "move":
                 _remove(doc, source)
             doc = _add(doc, tokens, value)
@@ -241,17 +242,17 @@ def apply(
                 conflicts.append((".".join(map(str, path)), other))
     if conflicts and not force:
         raise ApplyConflict(conflicts)
-    result = copy.deepcopy(live) if live else {}
+    result = clone(live) if live else {}
     owned_elsewhere = {p for m, ls in others.items() for p in ls}
     for path in leaves(applied.get(manager, {})):
         if path and path not in new_leaves and path not in owned_elsewhere and path not in _IDENTITY:
             _delete_path(result, path)
     result = merge_patch(result, _without_nulls(config))
-    new_applied = {m: copy.deepcopy(c) for m, c in applied.items()}
+    new_applied = {m: clone(c) for m, c in applied.items()}
     for dotted, other in conflicts:  # forced: the conflicting leaves change owner
         by_name = {".".join(map(str, p)): p for p in leaves(new_applied[other])}
         _delete_path(new_applied[other], by_name[dotted])
-    new_applied[manager] = copy.deepcopy(config)
+    new_applied[manager] = clone(config)
     return result, new_applied
 
 

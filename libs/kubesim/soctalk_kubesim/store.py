@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import re
 import uuid
 from collections import deque
@@ -20,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import patching
+from .clone import clone
 from .kinds import Kind, KindTable
 from .selectors import Matcher
 
@@ -91,7 +91,7 @@ class Store:
         return self._objects.setdefault((kind.group, kind.plural), {})
 
     def _view(self, kind: Kind, obj: dict) -> dict:
-        out = copy.deepcopy(obj)
+        out = clone(obj)
         out["apiVersion"], out["kind"] = kind.api_version, kind.kind
         return out
 
@@ -154,7 +154,7 @@ class Store:
             self._applied.pop((kind.group, kind.plural, *key), None)
         else:
             self._bucket(kind)[key] = obj
-        stored = copy.deepcopy(obj)
+        stored = clone(obj)
         self._history.append((self._rv, (kind.group, kind.plural), event_type, stored))
         for watcher in list(self._watchers):
             if (watcher.kind.group, watcher.kind.plural) == (kind.group, kind.plural):
@@ -186,7 +186,7 @@ class Store:
         return namespace
 
     def create(self, kind: Kind, namespace: str | None, obj: dict, *, dry_run: bool = False) -> dict:
-        obj = copy.deepcopy(obj)
+        obj = clone(obj)
         if not isinstance(obj, dict) or not isinstance(obj.get("metadata", {}), dict):
             raise ApiError(400, "BadRequest", "the request body is not an object")
         meta = obj.setdefault("metadata", {})
@@ -248,7 +248,7 @@ class Store:
         old = self._bucket(kind).get(key)
         if old is None:
             raise not_found(kind, name)
-        new = copy.deepcopy(new)
+        new = clone(new)
         if not isinstance(new, dict):
             raise ApiError(400, "BadRequest", "the request body is not an object")
         new_meta = new.setdefault("metadata", {})
@@ -261,7 +261,7 @@ class Store:
                            "has been modified; please apply your changes to the latest version and try again",
                            {"name": name, "group": kind.group, "kind": kind.plural})
         if subresource == "status":
-            merged = copy.deepcopy(old)
+            merged = clone(old)
             merged["status"] = new.get("status", {})
             new = merged
         else:
@@ -277,7 +277,7 @@ class Store:
                 new_meta.pop("namespace", None)
             new_meta.pop("managedFields", None)
             if kind.status_subresource:
-                new["status"] = copy.deepcopy(old.get("status", {}))
+                new["status"] = clone(old.get("status", {}))
             if kind.kind == "Secret":
                 self._default(kind, new)
             if kind.kind == "Namespace":
@@ -360,10 +360,10 @@ class Store:
         if obj["metadata"].get("finalizers"):
             if obj["metadata"].get("deletionTimestamp"):
                 return self._view(kind, obj)
-            obj = copy.deepcopy(obj)
+            obj = clone(obj)
             obj["metadata"]["deletionTimestamp"] = now()
             return self._commit(kind, obj, "MODIFIED")
-        return self._commit(kind, copy.deepcopy(obj), "DELETED")
+        return self._commit(kind, clone(obj), "DELETED")
 
     # --- controllers the apiserver process normally hosts --------------------------------------
 
@@ -371,7 +371,7 @@ class Store:
         """Mark Terminating now; the namespace controller empties and removes it on the next tick."""
         if obj["metadata"].get("deletionTimestamp"):
             return self._view(kind, obj)
-        obj = copy.deepcopy(obj)
+        obj = clone(obj)
         obj["metadata"]["deletionTimestamp"] = now()
         obj["status"] = {"phase": "Terminating"}
         name = obj["metadata"]["name"]
@@ -390,7 +390,7 @@ class Store:
                 remaining = remaining or (ns, obj_name) in self._bucket(kind)
         ns_obj = self._bucket(self._ns_kind).get(("", name))  # type: ignore[arg-type]
         if ns_obj is not None and not remaining:
-            self._commit(self._ns_kind, copy.deepcopy(ns_obj), "DELETED")  # type: ignore[arg-type]
+            self._commit(self._ns_kind, clone(ns_obj), "DELETED")  # type: ignore[arg-type]
 
     def _sync_crd(self, crd: dict, *, removed: bool) -> None:
         """A CustomResourceDefinition serves its versions as kinds, as on a real server."""
