@@ -16,7 +16,7 @@ def top(path: str, n_self: int = 25, n_incl: int = 40) -> str:
     with open(path) as f:
         for line in f:
             stack, _, count = line.rstrip().rpartition(" ")
-            if not stack:
+            if not stack or not count.isdigit():  # not a sample line
                 continue
             n = int(count)
             total += n
