@@ -129,26 +129,37 @@ async def _activate(tx: UnitOfWork, cause: ev.Event, row: store.StateRow, adapte
     return True
 
 
+#: Rows per flush statement: after a burst (every tenant at once) the buffer holds one entry per
+#: tenant; writing them in slices bounds the memory a flush needs (parameters, results) however
+#: many tenants there are.
+FLUSH_ROWS = 2_000
+
+
 async def flush(deps: HeartbeatDeps) -> int:
-    """Write buffered ``last_seen`` refreshes in one statement; returns rows written."""
+    """Write buffered ``last_seen`` refreshes, ``FLUSH_ROWS`` per statement; returns rows written."""
     entries = deps.buffer.take()
     if not entries:
         return 0
-    try:
-        # Each buffered body is parsed here once (it was valid when verified), not kept as a model.
-        rows = ((t, p.seen_at, domain.health_of(_heartbeat(p))) for t, p in entries.items())
-        result = await store.flush_last_seen(deps.uow.sessionmaker, rows)
-    except BaseException:
-        deps.buffer.restore(entries)
-        raise
-    deps.buffer.restore({t: p for t, p in entries.items() if t not in result})  # locked: next time
-    deps.metrics.flushes.inc()
-    deps.metrics.flushed.inc(len(result))
-    for tenant_id, f in result.items():
-        if f.degraded or f.components_changed or f.activated is False:
-            deps.views.forget(tenant_id)  # another replica decided something: take the slow path
-            await _observe_logged(entries[tenant_id], deps)
-    return len(result)
+    items = list(entries.items())
+    written = 0
+    for i in range(0, len(items), FLUSH_ROWS):
+        chunk = dict(items[i:i + FLUSH_ROWS])
+        try:
+            # Each buffered body is parsed here once (it was valid when verified), not kept as a model.
+            rows = ((t, p.seen_at, domain.health_of(_heartbeat(p))) for t, p in chunk.items())
+            result = await store.flush_last_seen(deps.uow.sessionmaker, rows)
+        except BaseException:
+            deps.buffer.restore(dict(items[i:]))  # this slice and the rest: next time
+            raise
+        deps.buffer.restore({t: p for t, p in chunk.items() if t not in result})  # locked: next time
+        deps.metrics.flushes.inc()
+        deps.metrics.flushed.inc(len(result))
+        written += len(result)
+        for tenant_id, f in result.items():
+            if f.degraded or f.components_changed or f.activated is False:
+                deps.views.forget(tenant_id)  # another replica decided something: take the slow path
+                await _observe_logged(chunk[tenant_id], deps)
+    return written
 
 
 def _heartbeat(p: Pending) -> ev.AdapterHeartbeat:

@@ -153,10 +153,13 @@ class TokenCache:
         now = time.monotonic()
         for t in tenant_ids:
             old = self._tenants.get(t)
+            state = found.get(t)
             if old is None:
-                self._tenants[t] = _Entry(found.get(t), now, now)
+                self._tenants[t] = _Entry(state, now, now)
             else:
-                old.value, old.loaded = found.get(t), now
+                if old.value != state:  # unchanged: keep the object we hold (no churn per second)
+                    old.value = state
+                old.loaded = now
 
 
 def _same(rec: AdapterTokenRecord, row: Any) -> bool:
