@@ -75,6 +75,25 @@ async def test_redelivered_message_has_no_second_effect(runtime, bus, sessionmak
     assert runtime.counters["processed"] == 1
 
 
+async def test_without_precheck_a_duplicate_runs_again_but_its_commit_writes_nothing(bus, uow, nats_url,
+                                                                                    sessionmaker):
+    rt: ServiceRuntime[Probe] = ServiceRuntime("nocheck", bus=bus, uow=uow, deps=Probe(), max_deliver=4,
+                                               ack_wait_s=5, pull_timeout_s=0.2)
+    rt.route("TenantRetryRequested", on_retry, precheck=False)
+    await rt.start(nats_url)
+    try:
+        e = ev.TenantRetryRequested(tenant_id=uuid.uuid4())
+        await bus.publish(e.subject, e.model_dump_json().encode(), msg_id="copy-1")
+        await eventually(lambda: _counter(rt, "processed", 1), what="the first copy processed")
+        await bus.publish(e.subject, e.model_dump_json().encode(), msg_id="copy-2")
+        await eventually(lambda: _counter(rt, "duplicates", 1), what="the duplicate rolled back")
+        assert rt.deps.calls == [e.event_id, e.event_id]  # decided twice …
+        assert await _lifecycle_rows(sessionmaker, "Retried") == 1  # … recorded once
+        assert rt.counters["processed"] == 1
+    finally:
+        await rt.stop()
+
+
 async def test_temporary_errors_retry_with_backoff_then_succeed(runtime, bus, sessionmaker):
     runtime.deps.fail_times = 2
     e = ev.TenantRetryRequested(tenant_id=uuid.uuid4())

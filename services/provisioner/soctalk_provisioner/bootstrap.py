@@ -53,7 +53,9 @@ def bootstrap(settings: Settings, *, uow: UnitOfWorkFactory, bus: Bus, clock: Cl
         ack_wait_s=settings.ack_wait_s, retry_base_s=settings.retry_base_delay_s,
         retry_cap_s=settings.retry_max_delay_s)
     for event_type, handler in ROUTES.items():
-        runtime.route(event_type, handler)
+        # Every effect of a provisioner handler is in its unit of work, whose commit dedupes: no inbox
+        # lookup before the handler (see ``Route.precheck``).
+        runtime.route(event_type, handler, precheck=False)
 
     async def sync_compatibility() -> None:
         result = await compatibility.sync(uow, load_compatibility(settings.compatibility_file))
