@@ -153,15 +153,14 @@ async def on_tenant_accepted(event: ev.TenantAccepted, ctx: Ctx[Deps]) -> None:
 
 async def _record_provisioning(tx: UnitOfWork, event: ev.TenantAccepted, done: steps.Provisioned, *,
                                sealed: bool, d: Deps) -> None:
-    tenant = await tx.tenant(event.tenant_id)
-    assert tenant is not None
-    _audit(tx, event, "write", await records.record_references(tx, tenant.id, done.references))
+    # Locks the tenant row; a sealed key's ciphertext did its job (tenant-<id>-llm holds the key), so
+    # it is dropped in the same statement.
+    await records.lock_tenant(tx, event.tenant_id, drop_sealed_key=sealed)
+    _audit(tx, event, "write", await records.record_references(tx, event.tenant_id, done.references))
     # A Secret recreated after it was lost is a new version: older references of it are retired.
-    _audit(tx, event, "retire", await records.supersede(tx, tenant.id, done.created, done.references,
+    _audit(tx, event, "retire", await records.supersede(tx, event.tenant_id, done.created, done.references,
                                                         now=d.clock.now(), retiring=False))
     await records.record_tokens(tx, done.tokens)
-    if sealed and tenant.llm_key_source is not None:
-        tenant.llm_key_source = None  # the ciphertext did its job: tenant-<id>-llm holds the key
     tx.emit(event.caused(ev.SecretsReady, namespace=f"tenant-{event.slug}",
                          references=[event_ref(r) for r in done.references]))
     tx.lifecycle(event, "SecretsReady", slug=event.slug, step="secrets",

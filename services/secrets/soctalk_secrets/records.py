@@ -15,8 +15,9 @@ from typing import Any
 
 from soctalk_common import events as ev
 from soctalk_common.db import models as m
+from soctalk_common.errors import PermanentError
 from soctalk_common.uow import UnitOfWork, UnitOfWorkFactory
-from sqlalchemy import delete, select, text, tuple_, update
+from sqlalchemy import delete, null, select, text, tuple_, update
 
 from soctalk_secrets.domain import (
     AdapterTokenRecord,
@@ -60,6 +61,19 @@ async def tenant_view(uow: UnitOfWorkFactory, tenant_id: uuid.UUID) -> TenantVie
 
 _REF_COLUMNS = (m.TenantSecret.backend, m.TenantSecret.namespace, m.TenantSecret.name, m.TenantSecret.key,
                 m.TenantSecret.version_label, m.TenantSecret.purpose, m.TenantSecret.path)
+
+
+async def lock_tenant(tx: UnitOfWork, tenant_id: uuid.UUID, *, drop_sealed_key: bool = False) -> None:
+    """Lock the tenant row for this transaction (one statement, no ORM object); with
+    ``drop_sealed_key`` also clear ``llm_key_source`` (the sealed envelope) if it is set."""
+    t = m.Tenant
+    if drop_sealed_key:
+        stmt: Any = (update(t).where(t.id == tenant_id).values(llm_key_source=null())  # SQL NULL
+                     .returning(t.id).execution_options(synchronize_session=False))
+    else:
+        stmt = select(t.id).where(t.id == tenant_id).with_for_update()
+    if (await tx.session.execute(stmt)).first() is None:
+        raise PermanentError(f"tenant {tenant_id} does not exist")
 
 
 def _ref(row: Any) -> SecretRef:
