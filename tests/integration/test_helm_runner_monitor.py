@@ -170,6 +170,28 @@ async def test_only_live_tenants_with_a_settled_release_are_monitored(runner: h.
     assert t.id in ids and not {gone.id, never.id, busy.id} & ids
 
 
+async def test_monitored_ids_pages_through_every_tenant_once(runner: h.Runner) -> None:
+    """A drift round reads its tenants a page at a time (keyset on the id): the same tenants, each
+    once, in id order, whatever the page size."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from soctalk_helm_runner import records
+    tenants = [await runner.add_tenant(state="active") for _ in range(5)]
+    now = datetime.now(UTC)
+    async with runner.uow.sessionmaker() as s, s.begin():
+        s.add_all([m.ReleaseOperation(
+            tenant_id=t.id, operation="install", release="soctalk-tenant", namespace=t.namespace,
+            chart_version="v1.1.0", revision=1, status="succeeded", deadline=now + timedelta(minutes=15),
+            correlation_id=uuid.uuid4(), created_at=now, finished_at=now) for t in tenants])
+    whole = [(i, a) async for i, a in records.monitored_ids(runner.uow, page=10_000)]
+    for page in (1, 2, 5):
+        assert [(i, a) async for i, a in records.monitored_ids(runner.uow, page=page)] == whole
+    ids = [i for i, _ in whole]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert {(t.id, APPLIED) for t in tenants} <= set(whole)
+
+
 async def h_view(runner: h.Runner, t: TenantView) -> TenantView:
     from soctalk_helm_runner import records
     view = await records.tenant_view(runner.uow, t.id)

@@ -50,7 +50,7 @@ class Monitor:
     async def round(self) -> int:
         """Check every monitored tenant once; returns how many were checked."""
         checked = 0
-        for tenant_id, applied in await records.monitored_ids(self.d.uow):
+        async for tenant_id, applied in records.monitored_ids(self.d.uow):
             tenant = await records.tenant_view(self.d.uow, tenant_id)  # one at a time, not all at once
             if tenant is None or tenant.state not in records.LIVE or tenant.deleted:
                 continue
