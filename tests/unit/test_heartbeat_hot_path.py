@@ -189,3 +189,15 @@ def test_a_buffered_body_gives_the_health_the_verified_heartbeat_had() -> None:
                              components={"wazuh": ev.ComponentHealth(status="down", message="disk")})
     body = hb.model_dump_json().encode()
     assert domain.health_of(ev.AdapterHeartbeat.model_validate_json(body)) == domain.health_of(hb)
+
+
+@settings(max_examples=300, deadline=None)
+@given(token=st.one_of(presented_tokens(), st.text(alphabet="sta_ABCxyz0189-", min_size=75, max_size=85)))
+def test_the_cache_key_is_the_parsed_prefix_of_every_well_formed_token(token: str) -> None:
+    from soctalk_heartbeat.intake import _lookup_prefix
+
+    try:
+        prefix = d.parse_token(token)
+    except ValidationFailed:
+        return  # a malformed token may or may not pick a row; token_decision refuses it either way
+    assert _lookup_prefix(token) == prefix

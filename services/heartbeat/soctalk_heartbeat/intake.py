@@ -76,7 +76,7 @@ class Intake:
     async def verify(self, items: Sequence[Incoming]) -> list[Verdict]:
         """Judge a batch. Raises only if the cache cannot be brought up to date (Postgres down)."""
         tokens = [domain.bearer_token(i.authorization) for i in items]
-        prefixes = [_prefix(t) if t else None for t in tokens]
+        prefixes = [_lookup_prefix(t) if t else None for t in tokens]
         await self.deps.tokens.ensure({p for p in prefixes if p})
         now = self.deps.clock.now()
         mono = time.monotonic()
@@ -122,9 +122,12 @@ class Intake:
         # that waited in the stream is at most one liveness window old (older ones are stale above).
         return Verdict(hb, now, None, False, (), body)
 
-    def _refuse(self, reason: str, item: Incoming, prefix: str | None,
+    def _refuse(self, reason: str, item: Incoming, lookup: str | None,
                 errors: tuple[str, ...] = ()) -> Verdict:
         self.deps.metrics.refused.labels(reason).inc()
+        # The prefix is logged only when the whole token is well-formed (never part of a malformed one).
+        token = domain.bearer_token(item.authorization) if lookup else None
+        prefix = _prefix(token) if token else None
         # One line per reason per LOG_EVERY_S (a flood of forged heartbeats must not flood the logs);
         # the metric counts every one. Only the public prefix is logged, never the token.
         now = time.monotonic()
@@ -203,3 +206,15 @@ def _prefix(token: str) -> str | None:
     except ValidationFailed:
         return None
 
+
+_TOKEN_LEN = len("sta_") + 12 + 1 + 64
+
+
+def _lookup_prefix(token: str) -> str | None:
+    """The cache key of a token: where a well-formed token carries its prefix ([a-z0-9]{12}), without
+    the full regex (``judge`` → ``token_decision`` parses the whole token and compares the record's
+    prefix in constant time; this only picks which row to look at). None when it cannot be one."""
+    if len(token) != _TOKEN_LEN or not token.startswith("sta_") or token[16] != "_":
+        return None
+    p = token[4:16]
+    return p if p.isascii() and p.isalnum() and p == p.lower() else None

@@ -51,7 +51,7 @@ class Views:
     def fast_path(self, tenant_id: uuid.UUID, components: Mapping[str, str]) -> bool:
         """True when a valid heartbeat with these component statuses changes no decision."""
         v = self._views.get(tenant_id)
-        return v is not None and v.activated and not v.degraded and dict(v.components) == dict(components)
+        return v is not None and v.activated and not v.degraded and v.components == components
 
     def __len__(self) -> int:
         return len(self._views)

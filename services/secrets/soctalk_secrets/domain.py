@@ -598,12 +598,15 @@ def token_decision(
     # same constant-time compare.
     if not (record.hash_ok and hmac.compare_digest(_keyed_hex(key, presented), record.token_hash)):
         return Refuse("bad_secret")
-    try:
-        subject = _tenant_uuid(subject_tenant_id)
-    except ValidationFailed:
-        return Refuse("wrong_tenant")
-    if record.owner is None or record.owner != subject:
-        return Refuse("wrong_tenant")
+    if subject_tenant_id is not record.owner and subject_tenant_id != record.owner:
+        try:  # not literally the owner's canonical id: canonicalise, then compare
+            subject = _tenant_uuid(subject_tenant_id)
+        except ValidationFailed:
+            return Refuse("wrong_tenant")
+        if record.owner is None or record.owner != subject:
+            return Refuse("wrong_tenant")
+    else:  # the owner's canonical id itself (what every heartbeat subject carries)
+        subject = str(subject_tenant_id)
     if record.revoked_at is not None and record.revoked_at <= now:
         return Refuse("revoked")
     if record.expires_at is not None and now >= record.expires_at:
