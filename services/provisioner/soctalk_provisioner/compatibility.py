@@ -58,10 +58,12 @@ async def sync(uow: UnitOfWorkFactory, entries: Sequence[CompatEntry]) -> SyncRe
     return SyncResult(upserted=len(rows), removed=int(removed))
 
 
+_C = m.ChartCompatibility
+_ENTRIES = select(_C.soctalk_system_version, _C.tenant_chart_version, _C.status, _C.notes)  # built once
+
+
 async def table_entries(session: AsyncSession) -> list[CompatEntry]:
-    c = m.ChartCompatibility  # plain rows: no ORM identity map for a read-only lookup
-    rows = (await session.execute(select(c.soctalk_system_version, c.tenant_chart_version, c.status,
-                                         c.notes))).all()
+    rows = (await session.execute(_ENTRIES)).all()  # plain rows: no ORM objects for a read-only lookup
     return [CompatEntry(system=r.soctalk_system_version, tenant=r.tenant_chart_version, status=r.status,
                         notes=r.notes) for r in rows]
 

@@ -18,7 +18,7 @@ from typing import Any
 from soctalk_common import events as ev
 from soctalk_common.db import models as m
 from soctalk_common.uow import UnitOfWork
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, bindparam, or_, select
 
 from soctalk_provisioner import domain
 from soctalk_provisioner.compatibility import can_upgrade
@@ -28,6 +28,14 @@ from soctalk_provisioner.records import accepted_fields
 from soctalk_provisioner.validation import FieldError, stored_form
 
 _SLUG = re.compile(r"^[a-z0-9]([a-z0-9-]{0,54}[a-z0-9])?$")
+
+
+_T = m.Tenant
+_COLUMNS = (_T.id, _T.slug, _T.state, _T.request_id, _T.mssp_id)
+_SAME = or_(_T.request_id == bindparam("request_id"), _T.id == bindparam("tenant_id"))
+_EXISTING = select(*_COLUMNS).where(_SAME).order_by(_T.created_at)  # built once, not per message
+_EXISTING_OR_SLUG = select(*_COLUMNS).where(or_(
+    _SAME, and_(_T.mssp_id == bindparam("mssp_id"), _T.slug == bindparam("slug")))).order_by(_T.created_at)
 
 
 @dataclass(frozen=True)
@@ -41,14 +49,11 @@ class Existing:
 
 async def existing(tx: UnitOfWork, event: ev.TenantRequested, deps: Deps) -> Existing:
     """One query for the three uniqueness facts (the slug only when the config has a string slug)."""
-    t = m.Tenant
     slug = event.config.get("slug")
-    match = [t.request_id == event.request_id, t.id == event.tenant_id]
+    params = {"request_id": event.request_id, "tenant_id": event.tenant_id}
     if isinstance(slug, str):
-        match.append(and_(t.mssp_id == deps.settings.mssp_id, t.slug == slug))
-    rows = (await tx.session.execute(
-        select(t.id, t.slug, t.state, t.request_id, t.mssp_id).where(or_(*match)).order_by(t.created_at)
-    )).all()
+        params |= {"mssp_id": deps.settings.mssp_id, "slug": slug}
+    rows = (await tx.session.execute(_EXISTING_OR_SLUG if isinstance(slug, str) else _EXISTING, params)).all()
     return Existing(
         by_request=next((r for r in rows if r.request_id == event.request_id), None),
         by_slug=next((r for r in rows if isinstance(slug, str) and r.slug == slug

@@ -17,7 +17,7 @@ from soctalk_common import events as ev
 from soctalk_common.db import models as m
 from soctalk_common.errors import PermanentError
 from soctalk_common.uow import UnitOfWork, UnitOfWorkFactory
-from sqlalchemy import delete, null, select, text, tuple_, update
+from sqlalchemy import DateTime, Uuid, bindparam, delete, null, select, text, update
 
 from soctalk_secrets.domain import (
     AdapterTokenRecord,
@@ -49,30 +49,41 @@ class TenantView:
 
 async def tenant_view(uow: UnitOfWorkFactory, tenant_id: uuid.UUID) -> TenantView | None:
     """One statement in autocommit (no transaction to open and close): a snapshot to decide on."""
-    t = m.Tenant
     async with uow.autocommit.connect() as conn:
-        row = (await conn.execute(select(t.id, t.slug, t.mssp_id, t.secrets_backend, t.state, t.deleted_at)
-                                  .where(t.id == tenant_id))).first()
+        row = (await conn.execute(_TENANT_VIEW, {"tenant_id": tenant_id})).first()
     if row is None:
         return None
     return TenantView(row.id, row.slug, str(row.mssp_id), row.secrets_backend, row.state,
                       row.deleted_at is not None)
 
 
-_REF_COLUMNS = (m.TenantSecret.backend, m.TenantSecret.namespace, m.TenantSecret.name, m.TenantSecret.key,
-                m.TenantSecret.version_label, m.TenantSecret.purpose, m.TenantSecret.path)
+# Statements built once (building a select and its cache key costs ~60 µs a call).
+_T = m.Tenant
+_TENANT_VIEW = select(_T.id, _T.slug, _T.mssp_id, _T.secrets_backend, _T.state, _T.deleted_at).where(
+    _T.id == bindparam("tenant_id"))
+_LOCK_TENANT = select(_T.id).where(_T.id == bindparam("tenant_id")).with_for_update()
+_DROP_SEALED_KEY = (update(_T).where(_T.id == bindparam("tenant_id")).values(llm_key_source=null())  # SQL NULL
+                    .returning(_T.id).execution_options(synchronize_session=False))
+_TS = m.TenantSecret
+_REF_COLUMNS = (_TS.backend, _TS.namespace, _TS.name, _TS.key, _TS.version_label, _TS.purpose, _TS.path)
+_REFS = (select(*_REF_COLUMNS).where(_TS.tenant_id == bindparam("tenant_id"),
+                                     _TS.status.in_(bindparam("statuses", expanding=True)))
+         .order_by(_TS.id))
+_REFS_OF = _REFS.where(_TS.purpose.in_(bindparam("purposes", expanding=True)))
+_SUPERSEDE = text(
+    "UPDATE tenant_secrets SET status = :status, retired_at = :retired_at "
+    "WHERE tenant_id = :tenant_id AND status = 'active' AND purpose = ANY(CAST(:purposes AS text[])) "
+    "AND (name, key, version_label) NOT IN (SELECT * FROM unnest(CAST(:k_name AS text[]), "
+    "CAST(:k_key AS text[]), CAST(:k_label AS text[]))) "
+    "RETURNING id, backend, namespace, name, key, version_label, purpose, path"
+).bindparams(bindparam("tenant_id", type_=Uuid()), bindparam("retired_at", type_=DateTime(timezone=True)))
 
 
 async def lock_tenant(tx: UnitOfWork, tenant_id: uuid.UUID, *, drop_sealed_key: bool = False) -> None:
     """Lock the tenant row for this transaction (one statement, no ORM object); with
     ``drop_sealed_key`` also clear ``llm_key_source`` (the sealed envelope) if it is set."""
-    t = m.Tenant
-    if drop_sealed_key:
-        stmt: Any = (update(t).where(t.id == tenant_id).values(llm_key_source=null())  # SQL NULL
-                     .returning(t.id).execution_options(synchronize_session=False))
-    else:
-        stmt = select(t.id).where(t.id == tenant_id).with_for_update()
-    if (await tx.session.execute(stmt)).first() is None:
+    stmt = _DROP_SEALED_KEY if drop_sealed_key else _LOCK_TENANT
+    if (await tx.session.execute(stmt, {"tenant_id": tenant_id})).first() is None:
         raise PermanentError(f"tenant {tenant_id} does not exist")
 
 
@@ -89,12 +100,11 @@ def event_ref(r: SecretRef) -> ev.SecretRef:
 
 async def references(uow: UnitOfWorkFactory, tenant_id: uuid.UUID, *, purposes: Iterable[str] | None = None,
                      statuses: Sequence[str] = ("active",)) -> list[SecretRef]:
-    stmt = select(*_REF_COLUMNS).where(m.TenantSecret.tenant_id == tenant_id,
-                                       m.TenantSecret.status.in_(list(statuses)))
+    params: dict[str, Any] = {"tenant_id": tenant_id, "statuses": list(statuses)}
     if purposes is not None:
-        stmt = stmt.where(m.TenantSecret.purpose.in_(list(purposes)))
+        params["purposes"] = list(purposes)
     async with uow.autocommit.connect() as conn:  # one statement, no transaction around it
-        rows = (await conn.execute(stmt.order_by(m.TenantSecret.id))).all()
+        rows = (await conn.execute(_REFS if purposes is None else _REFS_OF, params)).all()
     return [_ref(r) for r in rows]
 
 
@@ -153,17 +163,12 @@ async def supersede(tx: UnitOfWork, tenant_id: uuid.UUID, purposes: Iterable[str
     purposes = list(purposes)
     if not purposes:
         return []
-    ts = m.TenantSecret
-    stmt = (update(ts)
-            .where(ts.tenant_id == tenant_id, ts.status == "active", ts.purpose.in_(purposes))
-            .values(status="retiring" if retiring else "retired", retired_at=None if retiring else now)
-            .returning(ts.id, *_REF_COLUMNS)
-            .execution_options(synchronize_session=False))
-    if keep:  # one UPDATE … RETURNING instead of SELECT … FOR UPDATE + an UPDATE per row
-        stmt = stmt.where(tuple_(ts.name, ts.key, ts.version_label).not_in(
-            [(r.name, r.key, r.version_label) for r in keep]))
-    rows = sorted((await tx.session.execute(stmt)).all(), key=lambda r: r.id)
-    return [_ref(r) for r in rows]
+    # One UPDATE … RETURNING instead of SELECT … FOR UPDATE + an ORM update per row.
+    rows = (await tx.session.execute(_SUPERSEDE, {
+        "tenant_id": tenant_id, "purposes": purposes, "status": "retiring" if retiring else "retired",
+        "retired_at": None if retiring else now, "k_name": [r.name for r in keep],
+        "k_key": [r.key for r in keep], "k_label": [r.version_label for r in keep]})).all()
+    return [_ref(r) for r in sorted(rows, key=lambda r: r.id)]
 
 
 async def finish_retiring(tx: UnitOfWork, tenant_id: uuid.UUID, purposes: Iterable[str],
