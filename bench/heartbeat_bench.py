@@ -45,7 +45,7 @@ KEY = "bench-adapter-signing-key-0123456789abcdef"
 Msg = tuple[str, bytes, dict[str, str]]
 # Core NATS: adapters never run more than MAX_BACKLOG + CHUNK ahead of what the service verified, which
 # stays inside its pending bound (consumer.MAX_PENDING_MSGS: beyond it, heartbeats are dropped by design).
-CHUNK, MAX_BACKLOG = 5_000, 12_000
+CHUNK, MAX_BACKLOG = 2_500, 6_000
 
 
 def heartbeat(t: Seeded, version: str = "bench-1.0.0") -> Msg:

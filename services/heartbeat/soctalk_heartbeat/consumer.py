@@ -47,10 +47,10 @@ log = structlog.get_logger(__name__)
 SUBJECT = "soctalk.adapter.*.heartbeat"
 DURABLE = "heartbeat--AdapterHeartbeat"
 QUEUE = "heartbeat"
-#: Default bounds of the pending buffer: one burst of every tenant of a large install (~1 s of work),
-#: ~20 MB of memory when full.
-MAX_PENDING_MSGS = 20_000
-MAX_PENDING_BYTES = 16 * 1024 * 1024  # payload bytes (a heartbeat is ~0.5 KB)
+#: Default bounds of the pending buffer: ~0.5–1 s of work at the service's rate, ~12 MB of memory when
+#: full (each buffered message costs ~1.1 KB in the process: payload, headers dict, Msg).
+MAX_PENDING_MSGS = 10_000
+MAX_PENDING_BYTES = 8 * 1024 * 1024  # payload bytes (a heartbeat is ~0.5 KB)
 LOG_EVERY_S = 10.0
 _NATS_SLACK_MSGS, _NATS_SLACK_BYTES = 4_096, 4 * 1024 * 1024
 

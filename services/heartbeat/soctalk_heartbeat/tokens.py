@@ -5,8 +5,8 @@ What callers can rely on:
 * ``ensure(prefixes, tenants)`` loads every prefix/tenant the cache does not hold, or holds for longer
   than ``max_age_s``, in one query per table; afterwards ``record()`` / ``tenant()`` answer from memory.
   A prefix with no row is cached as unknown too (forged tokens cannot turn into a query per message).
-* ``refresh()`` (a periodic task, every ``refresh_s`` ≈ 1 s) reloads every cached token and tenant in
-  one query per table and evicts entries unused for ``idle_s``; unknown prefixes (at most
+* ``refresh()`` (a periodic task, every ``refresh_s`` ≈ 1 s) reloads every cached token and tenant
+  (``REFRESH_ROWS`` per query) and evicts entries unused for ``idle_s``; unknown prefixes (at most
   ``max_unknown``, oldest dropped first) are looked up again only when presented after ``max_age_s``.
   Together with ``max_age_s`` this bounds how long a revocation, expiry change or tenant decommission
   can go unseen: one refresh period normally, ``max_age_s`` if the refresh loop is failing. If Postgres
@@ -31,6 +31,8 @@ from soctalk_secrets.domain import AdapterTokenRecord
 from sqlalchemy import String, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+REFRESH_ROWS = 2_000  # rows per refresh query
 
 
 class _Entry:
@@ -107,10 +109,14 @@ class TokenCache:
         for table in (self._tokens, self._tenants):
             for k in [k for k, e in table.items() if now - e.used > self.idle_s]:
                 del table[k]
-        if self._tokens:
-            await self._load_tokens(set(self._tokens))
-        if self._tenants:
-            await self._load_tenants(set(self._tenants))
+        # In slices: with tens of thousands of cached tenants, one query per table would build (and
+        # drop) that many rows every second; slices keep the transient memory of a refresh small.
+        tokens = list(self._tokens)
+        for i in range(0, len(tokens), REFRESH_ROWS):
+            await self._load_tokens(set(tokens[i:i + REFRESH_ROWS]))
+        tenants = list(self._tenants)
+        for i in range(0, len(tenants), REFRESH_ROWS):
+            await self._load_tenants(set(tenants[i:i + REFRESH_ROWS]))
 
     def _loaded(self, prefix: str) -> float:
         e = self._tokens.get(prefix)
