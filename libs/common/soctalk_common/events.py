@@ -393,6 +393,21 @@ class UnknownEventType(ValueError):
     pass
 
 
+def parse_as(raw: bytes, expected: str) -> Event:
+    """``parse_event(raw, expected=expected)`` for a consumer that knows the type: validated straight
+    from the JSON bytes (no intermediate dict, ~2× cheaper). A body this rejects goes through
+    ``parse_event``, so every error (unknown or mismatched type, field paths) is exactly the same."""
+    from pydantic import ValidationError
+
+    cls = CATALOG.get(expected)
+    if cls is not None:
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError:
+            pass
+    return parse_event(raw, expected=expected)
+
+
 def parse_event(raw: bytes | str | dict[str, Any], *, expected: str | None = None) -> Event:
     """Parse one message. Raises ``UnknownEventType`` or pydantic ``ValidationError`` (with field paths)."""
     import json

@@ -182,7 +182,7 @@ class ServiceRuntime(Generic[D]):
             await self._dead_letter(route, raw, f"payload too large: {len(body)} bytes > {MAX_PAYLOAD}", attempt)
             return
         try:
-            event = ev.parse_event(body, expected=route.event_type)
+            event = ev.parse_as(body, route.event_type)
         except ValidationError as exc:
             errors = [{"path": _json_path(e["loc"]), "message": e["msg"]} for e in exc.errors()]
             await self._reject_payload(route, raw, body, errors, attempt)

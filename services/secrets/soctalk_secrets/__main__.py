@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 
 from soctalk_common.bus import Bus
@@ -31,6 +32,10 @@ async def main() -> None:
     try:
         process = await bootstrap(settings, uow=UnitOfWorkFactory(make_sessionmaker(engine)), bus=bus,
                                   kube=kube, vault=vault)
+        # Many short-lived objects per message: with the default first-generation threshold (700) the
+        # cyclic GC runs every few messages and rescans the long-lived heap (~10 % of the CPU per tenant
+        # in bench/handlers_cpu.py). As in the heartbeat service.
+        gc.set_threshold(10_000, 10, 10)
         await process.run(install_signals=True)
     finally:
         await kube.close()
