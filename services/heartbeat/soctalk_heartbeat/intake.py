@@ -191,11 +191,16 @@ class Intake:
             await handlers.observe(v.heartbeat, v.seen_at, self.deps)
 
 
+#: ``AdapterHeartbeat.model_validate_json`` without its wrapper (which only checks its keyword
+#: arguments, none given here, and calls exactly this): same validator, same result, same errors.
+_validate_json = ev.AdapterHeartbeat.__pydantic_validator__.validate_json
+
+
 def _parse(body: bytes) -> ev.Event:
     """``parse_event(body, expected="AdapterHeartbeat")``: a valid body straight from JSON (no
     intermediate dict, half the cost); an invalid one through ``parse_event`` for its exact errors."""
     try:
-        return ev.AdapterHeartbeat.model_validate_json(body)
+        return _validate_json(body)
     except ValidationError:
         return ev.parse_event(body, expected="AdapterHeartbeat")
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from soctalk_common.db import models as m
 from soctalk_secrets.domain import AdapterTokenRecord
-from sqlalchemy import String, any_, bindparam, select
+from sqlalchemy import String, any_, bindparam, cast, select
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -127,8 +127,10 @@ class TokenCache:
     async def _load_tokens(self, prefixes: set[str]) -> None:
         t = m.AdapterToken
         # Plain rows, not ORM objects: the refresh reloads every cached token each second.
-        stmt = select(t.prefix, t.token_hash, t.tenant_id, t.created_at, t.version_label, t.expires_at,
-                      t.revoked_at).where(t.prefix == any_(bindparam("p", sorted(prefixes), type_=ARRAY(String))))
+        # The owner as text: the record keeps it as a string, and no UUID object is built per row.
+        stmt = select(t.prefix, t.token_hash, cast(t.tenant_id, String).label("tenant_id"), t.created_at,
+                      t.version_label, t.expires_at, t.revoked_at
+                      ).where(t.prefix == any_(bindparam("p", sorted(prefixes), type_=ARRAY(String))))
         async with self.sessionmaker() as s:
             found = {r[0]: r for r in (await s.execute(stmt)).all()}
         self.loads += 1
