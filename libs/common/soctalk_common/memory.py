@@ -1,0 +1,48 @@
+"""Process-wide memory settings a service applies at start (its ``__main__``).
+
+``fix_malloc_thresholds()``: glibc's malloc serves requests of at least ``M_MMAP_THRESHOLD`` (128 KiB)
+with their own ``mmap``, returned to the kernel on ``free``. But each time such a block is freed, glibc
+raises the threshold to that block's size (up to 32 MiB) and the trim threshold to twice that, so after a
+few large temporary buffers (a big query result, a release manifest, a response body) later ones come
+from the main heap, and the holes they leave between long-lived objects are never returned. In a
+long-running service that shows as a resident set creeping up while its Python heap stays flat: the
+helm-runner gained ~6 MB over a 120 s memory scenario with 10,000 tenants (bench/README.md) while the
+objects tracemalloc traced grew by ~1 MB. Setting both thresholds explicitly turns the adjustment off
+(glibc does the same when ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` are in the
+environment); measured: the helm-runner's growth over the window 6 → 2.4 MB, and no change in install
+or render CPU.
+
+Operators keep the last word: if either glibc variable is set, nothing is changed here. On a libc other
+than glibc (musl, macOS) this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "fix_malloc_thresholds"]
+
+MMAP_THRESHOLD = 128 * 1024  # glibc's default, kept fixed
+TRIM_THRESHOLD = 128 * 1024  # glibc's default, kept fixed
+_M_TRIM_THRESHOLD = -1  # mallopt parameters, <malloc.h>
+_M_MMAP_THRESHOLD = -3
+_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def fix_malloc_thresholds(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
+    """Fix glibc malloc's mmap and trim thresholds; ``True`` if they were set by this call."""
+    if any(name in os.environ for name in _ENV):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only; raises AttributeError elsewhere
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    set_mmap = mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+    set_trim = mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    return bool(set_mmap and set_trim)
