@@ -22,7 +22,6 @@ What callers can rely on:
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -152,11 +151,11 @@ class TokenCache:
             del self._unknown[next(iter(self._unknown))]
 
     async def _load_tenants(self, tenant_ids: set[str]) -> None:
-        ids = [uuid.UUID(t) for t in tenant_ids]
-        stmt = select(m.Tenant.id, m.Tenant.state).where(
-            m.Tenant.id == any_(bindparam("t", ids, type_=ARRAY(UUID(as_uuid=True)))))
+        # Ids travel as text both ways (Postgres casts): no UUID object is built per tenant per refresh.
+        ids = cast(bindparam("t", sorted(tenant_ids), type_=ARRAY(String)), ARRAY(UUID(as_uuid=True)))
+        stmt = select(cast(m.Tenant.id, String), m.Tenant.state).where(m.Tenant.id == any_(ids))
         async with self.sessionmaker() as s:
-            found = {str(r.id): r.state for r in (await s.execute(stmt)).all()}
+            found = {r[0]: r[1] for r in (await s.execute(stmt)).all()}
         self.loads += 1
         now = time.monotonic()
         for t in tenant_ids:
