@@ -49,7 +49,7 @@ from soctalk_common.sealing import seal
 
 from bench.common import FULL, profiler, summary
 from bench.seed import EXAMPLE, dsn
-from bench.stackrun import dead, devstack
+from bench.stackrun import dead, devstack, peak_rss_mb
 
 RELEASE = "soctalk-tenant"
 STEPS = [("validate", "TenantRequested", "TenantAccepted"), ("secrets", "TenantAccepted", "SecretsReady"),
@@ -322,6 +322,9 @@ async def scenario(n: int, kubeconfig: str | None, timeout: float) -> dict[str, 
                 ours_s, ids = await run.provision(ours_requests, timeout)
             c2 = cpu_by_process(ds)
             activated = await run.activations(ids, 120)
+            # Each service's peak resident set over the whole scenario (the memory scenario's rows-only
+            # window has no Helm work; here the helm-runner installs 16 at a time).
+            peaks = {name: round(peak_rss_mb(p.pid), 1) for name, p in ds.procs.items()}
             firsts = await per_step(ds.database_url, ids)
             render_ms = await replay_render(ds.database_url, ids[:100])
         finally:
@@ -335,7 +338,7 @@ async def scenario(n: int, kubeconfig: str | None, timeout: float) -> dict[str, 
     cpu_ours = {k: round(v - c1.get(k, 0.0), 1) for k, v in c2.items() if v - c1.get(k, 0.0) >= 0.05}
     cpu_raw = {k: round(v - c0.get(k, 0.0), 1) for k, v in c1.items() if v - c0.get(k, 0.0) >= 0.05}
     cpu_raw["helm_direct (child)"] = round(raw.get("cpu_s", 0.0), 1)
-    return {"ours_s": ours_s, "raw_s": raw["elapsed_s"], "raw_install": summary(raw["install_ms"]),
+    return {"ours_s": ours_s, "raw_s": raw["elapsed_s"], "raw_install": summary(raw["install_ms"]), "peaks": peaks,
             "activated": activated, "steps": steps, "cpu_ours": cpu_ours, "cpu_raw": cpu_raw}
 
 
@@ -356,6 +359,7 @@ async def run() -> dict[str, Any]:
     out[f"{key}.cpu_s_ours"] = r["cpu_ours"]
     out[f"{key}.cpu_s_raw"] = r["cpu_raw"]
     out[f"{key}.cpu_ratio"] = round(sum(r["cpu_ours"].values()) / sum(r["cpu_raw"].values()), 3)
+    out[f"{key}.peak_rss_mb"] = r["peaks"]
     if n == 1000:
         out[f"{key}.tenants_1000_s"] = round(r["ours_s"], 1)
     if cluster := os.environ.get("SOCTALK_TEST_KUBECONFIG"):
