@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import gzip
 import json
 
@@ -264,6 +265,8 @@ async def test_configs_per_namespace_are_bounded_and_never_closed_in_use(kubecon
             assert helm.cached_configs <= 2
         assert 'greeting: "kept"' in await helm.manifest(release, names[0])  # re-created after eviction
         await helm.uninstall(release, names[0])
+        gc.collect()
+        assert len(helm._locks) == 0  # per-release write locks live only while a write holds or awaits one
     finally:
         helm.close()
         for ns in names:

@@ -167,4 +167,7 @@ async def _main() -> None:
 
 
 if __name__ == "__main__":
+    from soctalk_common.memory import fix_malloc_thresholds
+
+    fix_malloc_thresholds()  # as every service's entry point does (soctalk_common/memory.py)
     asyncio.run(_main())

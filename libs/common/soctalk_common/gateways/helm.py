@@ -30,6 +30,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -176,7 +177,8 @@ class HelmGateway:
         self._in_use: Counter[str] = Counter()
         self._configs_lock = threading.Lock()
         self.max_configs = max_configs
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # One lock per release while some call holds or awaits it (weak: no entry per release forever).
+        self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
 
     def close(self) -> None:
         with self._configs_lock:
@@ -223,7 +225,11 @@ class HelmGateway:
         timeout = self.default_timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        guard = self._locks.setdefault(release, asyncio.Lock()) if release else None
+        guard: asyncio.Lock | None = None
+        if release is not None:
+            guard = self._locks.get(release)
+            if guard is None:
+                guard = self._locks[release] = asyncio.Lock()
         if guard is not None:
             try:
                 async with asyncio.timeout(timeout):
