@@ -364,3 +364,30 @@ def test_the_gateway_works_with_kubernetes_asyncio_deferred(kubeconfig: str) -> 
     assert got["data"] == {"k": "v"} and got["label"] == "v1" and "s" in got["listed"]
     assert got["ready"] is True
     assert got["heavy"] == [] and "kubernetes_asyncio.client.models" in got["deferred"]
+
+
+async def test_the_proxy_is_resolved_once_from_the_environment(kubeconfig: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp would re-read the proxy variables and ~/.netrc on every request; the gateway resolves
+    them once, with the same rules, and the session stops looking."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:pw@proxy.invalid:3128")
+    monkeypatch.setenv("HTTP_PROXY", "http://user:pw@proxy.invalid:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxied = await KubeGateway.from_kubeconfig(kubeconfig)
+    try:
+        rest = proxied._api.rest_client
+        assert rest.proxy == "http://user:pw@proxy.invalid:3128"
+        assert rest.pool_manager.trust_env is False
+    finally:
+        await proxied.close()
+    host = __import__("yarl").URL(proxied._server).host
+    monkeypatch.setenv("NO_PROXY", host)
+    direct = await KubeGateway.from_kubeconfig(kubeconfig)
+    try:
+        assert direct._api.rest_client.proxy is None
+        monkeypatch.setenv("HTTPS_PROXY", "http://elsewhere.invalid:1")  # too late: already resolved
+        monkeypatch.setenv("HTTP_PROXY", "http://elsewhere.invalid:1")
+        assert await direct.namespace_exists("default")
+    finally:
+        await direct.close()

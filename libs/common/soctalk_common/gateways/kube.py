@@ -31,7 +31,9 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from yarl import URL
 
 from soctalk_common.errors import (
     Conflict,
@@ -236,9 +238,32 @@ def _record(obj: dict) -> SecretRecord:
     )
 
 
+def _resolve_proxy_once(api_client: ApiClient) -> None:
+    """Look up the proxy for the API server once, not on every request.
+
+    kubernetes_asyncio's HTTP session trusts the environment, so aiohttp re-reads the proxy variables
+    and ``~/.netrc`` on every request (in a worker thread): ~18 % of the secrets service's busy time.
+    The answer cannot change for one server while the process runs, so it is resolved here (same
+    rules: ``HTTPS_PROXY``/``NO_PROXY``, credentials in the proxy URL) and the session stops looking.
+    A proxy set in the configuration (kubeconfig ``proxy-url``) is kept as it is."""
+    rest = getattr(api_client, "rest_client", None)
+    session = getattr(rest, "pool_manager", None)
+    if rest is None or session is None or not getattr(session, "_trust_env", False):
+        return
+    if not getattr(rest, "proxy", None):
+        try:
+            proxy, auth = get_env_proxy_for_url(URL(api_client.configuration.host))
+        except LookupError:  # no proxy for this server
+            pass
+        else:
+            rest.proxy = str(proxy.with_user(auth.login).with_password(auth.password) if auth else proxy)
+    session._trust_env = False  # aiohttp has no public setter; the session is not in use yet
+
+
 class KubeGateway:
     def __init__(self, api_client: ApiClient, *, request_timeout: float = 30.0,
                  retries: int = 4, backoff_max: float = 2.0) -> None:
+        _resolve_proxy_once(api_client)
         self._api = api_client
         self._server = api_client.configuration.host
         self._timeout = request_timeout
@@ -367,15 +392,13 @@ class KubeGateway:
         """Create the namespace or merge ``labels`` into it. ``Conflict`` if it is being deleted."""
         what = f"namespace {name}"
         ns = _CORE["Namespace"]
-        current = await self._get_or_none(ns.path(name=name), what)
-        if current is None:
-            try:
-                await self._call("POST", ns.path(), what,
-                                 body={"apiVersion": "v1", "kind": "Namespace",
-                                       "metadata": {"name": name, "labels": labels}})
-                return
-            except Conflict:
-                current = await self._call("GET", ns.path(name=name), what)
+        try:  # create first: onboarding is the common call, and an existing one answers 409
+            await self._call("POST", ns.path(), what,
+                             body={"apiVersion": "v1", "kind": "Namespace",
+                                   "metadata": {"name": name, "labels": labels}})
+            return
+        except Conflict:
+            current = await self._call("GET", ns.path(name=name), what)
         if current["metadata"].get("deletionTimestamp"):
             raise Conflict(f"{what}: is being deleted; retry once it is gone", delay=5.0)
         have = current["metadata"].get("labels") or {}
