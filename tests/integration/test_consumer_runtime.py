@@ -146,3 +146,45 @@ async def _counter(rt: ServiceRuntime, name: str, n: int) -> bool:
 async def _at_least(coro, n: int):  # type: ignore[no-untyped-def]
     items = await coro
     return items if len(items) >= n else None
+
+
+async def test_a_slow_message_does_not_hold_back_the_others(bus, uow, nats_url):
+    """Up to batch_size messages are in flight at any time: a finished one's slot is refilled while a
+    slow one (a Helm install) is still running, instead of the next fetch waiting for the whole batch."""
+    import asyncio
+
+    release = asyncio.Event()
+    slow_id: list[uuid.UUID] = []
+    done: list[uuid.UUID] = []
+
+    async def handler(event: ev.TenantRetryRequested, ctx: Ctx[Probe]) -> None:
+        if not slow_id:
+            slow_id.append(event.event_id)
+            await release.wait()
+        done.append(event.event_id)
+
+    rt: ServiceRuntime[Probe] = ServiceRuntime("window", bus=bus, uow=uow, deps=Probe(), max_deliver=4,
+                                               ack_wait_s=5, batch_size=2, pull_timeout_s=0.2)
+    rt.route("TenantRetryRequested", handler)
+    await rt.start(nats_url)
+    try:
+        first = ev.TenantRetryRequested(tenant_id=uuid.uuid4())
+        await bus.publish(first.subject, first.model_dump_json().encode(), msg_id=str(first.event_id))
+        async def started() -> bool:
+            return bool(slow_id)
+
+        async def handled(n: int) -> bool:
+            return len(done) == n
+
+        await eventually(started, what="the slow message started")
+        rest = [ev.TenantRetryRequested(tenant_id=uuid.uuid4()) for _ in range(3)]
+        for e in rest:
+            await bus.publish(e.subject, e.model_dump_json().encode(), msg_id=str(e.event_id))
+        # all three pass through the one free slot while the first is still running
+        await eventually(lambda: handled(3), what="the others handled beside the slow one")
+        assert slow_id[0] not in done
+        release.set()
+        await eventually(lambda: handled(4), what="the slow one finished too")
+    finally:
+        release.set()
+        await rt.stop()

@@ -276,23 +276,37 @@ class ServiceRuntime(Generic[D]):
 
 
 class _PullLoop:
-    """One route's consumer: fetch a batch, handle it concurrently, repeat. Transport errors
-    (reconnecting, server restarting) are logged and retried; they never end the loop."""
+    """One route's consumer: up to ``batch_size`` messages in flight at any time — a slot freed by a
+    finished message is refilled by the next fetch, so one slow message (a Helm install) never holds
+    back the other fifteen. Transport errors (reconnecting, server restarting) are logged and retried;
+    they never end the loop."""
 
     def __init__(self, runtime: ServiceRuntime[Any], route: Route, psub: Any) -> None:
         self.runtime, self.route, self.psub = runtime, route, psub
         self.task: asyncio.Task[None] | None = None
         self._fetching = False
+        self._inflight: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"consume:{self.route.consumer}")
 
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # e.g. the inbox check failed: no ack, JetStream redelivers
+            log.warning("consumer.message_failed", consumer=self.route.consumer, error=type(exc).__name__,
+                        detail=str(exc)[:300])
+
     async def _run(self) -> None:
         rt, errors = self.runtime, 0
         while not rt._stopping:
+            free = rt.batch_size - len(self._inflight)
+            if free <= 0:
+                await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+                continue
             self._fetching = True
             try:
-                msgs = await self.psub.fetch(rt.batch_size, timeout=rt.pull_timeout_s)
+                msgs = await self.psub.fetch(free, timeout=rt.pull_timeout_s)
             except TimeoutError:  # nats' TimeoutError is an asyncio.TimeoutError: nothing arrived
                 continue
             except asyncio.CancelledError:
@@ -311,14 +325,14 @@ class _PullLoop:
                     with contextlib.suppress(Exception):
                         await m.nak()
                 return
-            results = await asyncio.gather(*(rt.process(self.route, m) for m in msgs), return_exceptions=True)
-            for r in results:
-                if isinstance(r, Exception):  # e.g. the inbox check failed: no ack, JetStream redelivers
-                    log.warning("consumer.message_failed", consumer=self.route.consumer,
-                                error=type(r).__name__, detail=str(r)[:300])
+            for m in msgs:
+                task = asyncio.create_task(rt.process(self.route, m))
+                self._inflight.add(task)
+                task.add_done_callback(self._done)
 
     def stop_fetching(self) -> None:
-        """A loop waiting in ``fetch`` holds no message: end it now (one handling a batch finishes it)."""
+        """A loop waiting in ``fetch`` holds no message: end it now (one waiting for a free slot ends
+        when it sees the runtime stopping)."""
         if self.task is not None and self._fetching:
             self.task.cancel()
 
@@ -328,6 +342,10 @@ class _PullLoop:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
             self.task = None
+        for task in list(self._inflight):  # as cancelling a batch did: unacked, JetStream redelivers
+            task.cancel()
+        if self._inflight:
+            await asyncio.wait(set(self._inflight))
         with contextlib.suppress(Exception):
             await self.psub.unsubscribe()
 
