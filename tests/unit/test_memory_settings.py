@@ -49,3 +49,17 @@ def test_large_blocks_keep_their_own_mappings_after_a_larger_one_was_freed() -> 
 
 def test_an_operator_setting_wins() -> None:
     assert _run("fix", env={"MALLOC_MMAP_THRESHOLD_": str(16 << 20)}) == {"fixed": False, "mmapped": False}
+
+
+def test_tune_process_raises_the_first_generation_gc_threshold() -> None:
+    import gc
+
+    from soctalk_common.memory import GC_GEN0_THRESHOLD, tune_process
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        tune_process()
+        assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
+    finally:
+        gc.set_threshold(*before)

@@ -167,7 +167,7 @@ async def _main() -> None:
 
 
 if __name__ == "__main__":
-    from soctalk_common.memory import fix_malloc_thresholds
+    from soctalk_common.memory import tune_process
 
-    fix_malloc_thresholds()  # as every service's entry point does (soctalk_common/memory.py)
+    tune_process()  # as every service's entry point does (soctalk_common/memory.py)
     asyncio.run(_main())

@@ -9,14 +9,14 @@ import uvicorn
 from soctalk_common.bus import Bus
 from soctalk_common.db.session import make_engine, make_sessionmaker
 from soctalk_common.logging import configure_logging
-from soctalk_common.memory import fix_malloc_thresholds
+from soctalk_common.memory import tune_process
 from soctalk_common.settings import Settings
 
 from soctalk_api.app import ApiDeps, create_app
 
 
 async def main() -> None:
-    fix_malloc_thresholds()  # freed large buffers go back to the kernel (soctalk_common/memory.py)
+    tune_process()  # malloc thresholds, GC threshold (soctalk_common/memory.py)
     settings = Settings()
     configure_logging("api", level=settings.log_level, json_output=settings.log_json)
     bus = await Bus.connect(settings.nats_url, name="api")

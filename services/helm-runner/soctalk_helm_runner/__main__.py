@@ -11,7 +11,7 @@ from soctalk_common.gateways import ConfigurationError
 from soctalk_common.gateways.helm import HelmGateway
 from soctalk_common.gateways.kube import KubeGateway
 from soctalk_common.logging import configure_logging
-from soctalk_common.memory import fix_malloc_thresholds
+from soctalk_common.memory import tune_process
 from soctalk_common.settings import Settings
 from soctalk_common.uow import UnitOfWorkFactory
 
@@ -29,7 +29,7 @@ async def _kube(settings: Settings) -> KubeGateway:
 
 
 async def main() -> None:
-    fix_malloc_thresholds()  # freed large buffers go back to the kernel (soctalk_common/memory.py)
+    tune_process()  # malloc thresholds, GC threshold (soctalk_common/memory.py)
     settings = Settings()
     configure_logging(SERVICE, level=settings.log_level, json_output=settings.log_json)
     bus = await Bus.connect(settings.nats_url, name=SERVICE, duplicate_window_s=settings.duplicate_window_s)
