@@ -1,6 +1,6 @@
 """The pipeline baseline, in its own process as the helm-runner is: N ``helm install`` of the tenant
 chart through ``HelmGateway`` (helm-python-sdk in worker threads, the default executor, no ``--wait``)
-at the helm-runner's concurrency (FastStream pulls 16 messages and handles them together), into
+at the helm-runner's concurrency (the consumer runtime keeps 16 messages in flight per route), into
 namespaces that already exist.
 
 ``python -m bench.helm_direct <kubeconfig> <chart_path> <jobs.json>`` where jobs.json is
@@ -18,7 +18,7 @@ from typing import Any
 
 from soctalk_common.gateways.helm import HelmGateway
 
-CONCURRENCY = 16  # the helm-runner's FastStream PullSub batch_size (ServiceRuntime default)
+CONCURRENCY = 16  # the helm-runner's messages in flight per route (ServiceRuntime batch_size default)
 
 
 async def main(kubeconfig: str, chart: str, jobs: list[dict[str, Any]]) -> dict[str, Any]:
