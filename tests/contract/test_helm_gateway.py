@@ -271,3 +271,17 @@ async def test_configs_per_namespace_are_bounded_and_never_closed_in_use(kubecon
         helm.close()
         for ns in names:
             await kube.delete_namespace(ns)
+
+
+async def test_helm_calls_run_on_the_gateways_own_threads(kubeconfig: str) -> None:
+    """Installs never occupy the default executor, where the service's short jobs run."""
+    import threading
+
+    helm = HelmGateway(kubeconfig, default_timeout=60, workers=2)
+    try:
+        names = await asyncio.gather(*(helm._run("probe", lambda _: threading.current_thread().name, None)
+                                       for _ in range(4)))
+        assert all(n.startswith("helm") for n in names), names
+        assert len(set(names)) <= 2
+    finally:
+        helm.close()

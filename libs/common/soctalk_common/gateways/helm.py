@@ -2,8 +2,10 @@
 
 What callers can rely on:
 
-* The SDK blocks, so every call runs in a worker thread (``asyncio.to_thread``); the event loop
-  never waits on Helm. Every call is bounded by a timeout (``default_timeout`` unless given):
+* The SDK blocks, so every call runs in a worker thread of the gateway's own pool (``workers``,
+  16 by default); the event loop never waits on Helm, and the default executor's few threads stay
+  free for the service's short jobs (rendering, parsing, DNS) instead of queueing behind installs.
+  Every call is bounded by a timeout (``default_timeout`` unless given):
   the caller gets ``Unavailable`` on time while the worker thread finishes on its own (install and
   upgrade are also cancelled through a ``HelmContext``, which the SDK honours between steps).
 * Helm errors become the typed errors of ``soctalk_common.errors`` with the release and the cause:
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
 import os
 import re
@@ -33,6 +36,7 @@ import time
 import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -165,8 +169,9 @@ def _classify(exc: hp.HelmError, what: str) -> GatewayError:
 
 class HelmGateway:
     def __init__(self, kubeconfig: str | None, *, default_timeout: float = 300,
-                 context: str | None = None, max_configs: int = 128) -> None:
-        """``kubeconfig=None`` uses ``$KUBECONFIG``, ``~/.kube/config`` or the in-cluster account."""
+                 context: str | None = None, max_configs: int = 128, workers: int = 16) -> None:
+        """``kubeconfig=None`` uses ``$KUBECONFIG``, ``~/.kube/config`` or the in-cluster account.
+        ``workers``: Helm calls that can run at once (the rest wait for a thread)."""
         self._kubeconfig = os.path.expanduser(kubeconfig) if kubeconfig else None
         self._context = context
         self.default_timeout = default_timeout
@@ -179,8 +184,10 @@ class HelmGateway:
         self.max_configs = max_configs
         # One lock per release while some call holds or awaits it (weak: no entry per release forever).
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="helm")
 
     def close(self) -> None:
+        self._pool.shutdown(wait=False)
         with self._configs_lock:
             for cfg in self._configs.values():
                 cfg.close()
@@ -254,7 +261,7 @@ class HelmGateway:
                 guard.release()
 
         try:
-            task = asyncio.ensure_future(asyncio.to_thread(call))
+            task = asyncio.ensure_future(loop.run_in_executor(self._pool, contextvars.copy_context().run, call))
         except BaseException:
             if guard is not None:
                 guard.release()
