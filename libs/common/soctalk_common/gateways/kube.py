@@ -200,6 +200,12 @@ def _matches_selector(labels: dict[str, str], selector: dict) -> bool:
     return bool(match) and all(labels.get(k) == v for k, v in match.items())
 
 
+def _waiting(obj: dict) -> bool:
+    """Not ready and not failed: the case :func:`build_report` explains with the pods' states."""
+    status, failed = workload_status(obj)
+    return not status.ready and not failed and obj.get("kind") != "Job"
+
+
 def build_report(workloads: Iterable[dict], pods: Iterable[dict] = ()) -> ReadinessReport:
     pods = list(pods)
     statuses, failing = [], []
@@ -512,11 +518,17 @@ class KubeGateway:
         return doc
 
     async def readiness(self, namespace: str, label_selector: str | None = None) -> ReadinessReport:
-        """One snapshot of the Deployments, StatefulSets and Jobs in ``namespace``; never waits."""
+        """One snapshot of the Deployments, StatefulSets and Jobs in ``namespace``; never waits.
+
+        Pods are listed only when a workload is still waiting (their states explain why): the usual
+        snapshot of a ready namespace costs three lists, not four."""
         docs = await asyncio.gather(*(self._list_raw(_CORE[k], namespace, label_selector)
-                                      for k in (*WORKLOAD_KINDS, "Pod")))
-        workloads = [obj for doc in docs[:-1] for obj in doc.get("items") or []]
-        return build_report(workloads, docs[-1].get("items") or [])
+                                      for k in WORKLOAD_KINDS))
+        workloads = [obj for doc in docs for obj in doc.get("items") or []]
+        if not any(_waiting(obj) for obj in workloads):
+            return build_report(workloads)
+        pods = await self._list_raw(_CORE["Pod"], namespace, label_selector)
+        return build_report(workloads, pods.get("items") or [])
 
     async def wait_ready(self, namespace: str, *, deadline: float, label_selector: str | None = None
                          ) -> ReadinessReport:
