@@ -24,6 +24,7 @@ the collapsed stacks to ``bench/results/profile-heartbeat.txt``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -141,6 +142,7 @@ async def ours(nats_url: str, database_url: str, seeded: list[Seeded], n: int) -
     adapters = await Bus.connect(nats_url, name="bench-adapters")
     await adapters.ensure_streams()
     conn = await asyncpg.connect(dsn(database_url))
+    pg = await _postmaster(conn)
     k = len(seeded)
     try:
         for attempt in range(30):  # on core NATS nothing waits for a subscriber that is still starting
@@ -160,6 +162,7 @@ async def ours(nats_url: str, database_url: str, seeded: list[Seeded], n: int) -
                 await publish_all(adapters, backlog(seeded, n))
                 publish_s = time.perf_counter() - t_pub
             finally:
+                pg0 = _pg_cpu(pg)
                 cpu0 = sum(ps.cpu_times()[:2])
                 t0 = time.perf_counter()
                 os.kill(proc.pid, signal.SIGCONT)
@@ -169,6 +172,7 @@ async def ours(nats_url: str, database_url: str, seeded: list[Seeded], n: int) -
             # Made before the clock starts, as the baseline's are: building each heartbeat (a pydantic
             # model and its JSON, ~15 µs) inside the timed loop put the bench's own CPU on the scale.
             msgs = list(backlog(seeded, n))
+            pg0 = _pg_cpu(pg)
             cpu0 = sum(ps.cpu_times()[:2])
             t0 = time.perf_counter()
             with profiler(proc.pid, "heartbeat"):
@@ -190,6 +194,7 @@ async def ours(nats_url: str, database_url: str, seeded: list[Seeded], n: int) -
                 await _until(conn, "bench-final", k, 600, proc)
         elapsed = time.perf_counter() - t0
         cpu = sum(ps.cpu_times()[:2]) - cpu0
+        pg_cpu = _pg_delta(pg0, _pg_cpu(pg))
         refused = await _metric(port, "soctalk_heartbeat_refused_total")
         dropped = await _metric(port, "soctalk_heartbeat_dropped_total")
         verified = await _metric(port, "soctalk_heartbeat_accepted_total") - accepted0
@@ -201,7 +206,36 @@ async def ours(nats_url: str, database_url: str, seeded: list[Seeded], n: int) -
     # Every heartbeat counts only if the service verified it (core NATS drops what a slow consumer
     # cannot take, and so does the service beyond its pending bound; both would show here).
     return {"per_s": verified / elapsed, "cpu_us": cpu / max(verified, 1) * 1e6, "refused": refused,
+            "pg_cpu_us": pg_cpu / max(verified, 1) * 1e6 if pg is not None else -1.0,
             "publish_per_s": n / publish_s, "verified": verified, "dropped": dropped}
+
+
+async def _postmaster(conn: asyncpg.Connection) -> psutil.Process | None:
+    """The Postgres server of this run, when it runs on this machine as a process we can read (the
+    bench's own server); None otherwise (an external or containerised one: no Postgres figure)."""
+    try:
+        backend = psutil.Process(int(await conn.fetchval("SELECT pg_backend_pid()")))
+        parent = backend.parent()
+        return parent if parent is not None and "postgres" in parent.name() else None
+    except (psutil.Error, OSError):
+        return None
+
+
+def _pg_cpu(pg: psutil.Process | None) -> dict[int, float]:
+    """CPU seconds (user + system) of every process of that server, by pid."""
+    out: dict[int, float] = {}
+    if pg is None:
+        return out
+    for p in [pg, *pg.children()]:
+        with contextlib.suppress(psutil.Error):
+            out[p.pid] = sum(p.cpu_times()[:2])
+    return out
+
+
+def _pg_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """Postgres CPU spent in between (a backend that exited in between is not counted; the service's
+    pooled connections live throughout)."""
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
 
 
 async def _metric(port: int, name: str) -> float:
@@ -226,6 +260,7 @@ async def run() -> dict[str, float]:
             "heartbeat.raw_per_s": round(raw), "heartbeat.ours_per_s": round(o["per_s"]),
             "heartbeat.ratio": round(o["per_s"] / raw, 3),
             "heartbeat.ours_cpu_us_per_msg": round(o["cpu_us"], 1),
+            "heartbeat.postgres_cpu_us_per_msg": round(o["pg_cpu_us"], 1),
             "heartbeat.publish_per_s": round(o["publish_per_s"]), "heartbeat.verified": round(o["verified"]),
             "heartbeat.dropped": round(o["dropped"]),
             "heartbeat.transport": "jetstream" if stored() else "core"}

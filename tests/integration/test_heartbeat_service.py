@@ -424,8 +424,51 @@ async def test_steady_heartbeats_cost_no_transaction_and_are_flushed_in_batches(
     assert r.metric("soctalk_heartbeat_transactions_total") == tx_before  # no per-heartbeat transaction
     # The flush counts its rows once its statement returned, just after the commit the probe above saw.
     await eventually(_probe(lambda: r.metric("soctalk_heartbeat_flushed_rows_total") >= 5), what="flushed rows")
-    tenant = await tenant_row(sessionmaker, tenants[0][0])
+    tenant = await tenant_row(sessionmaker, tenants[0][0])  # 30 s after activation: the tenant row is due
     assert tenant.last_heartbeat_at is not None and abs((tenant.last_heartbeat_at - clock.now()).total_seconds()) < 1
+
+
+async def test_the_tenant_row_follows_at_most_once_per_touch_interval_and_at_every_state_change(
+        start, bus, sessionmaker, clock, nats_url):
+    """heartbeat_state.last_seen follows every heartbeat; tenants.last_heartbeat_at (the API's) only
+    when the value this process last wrote is heartbeat_tenant_touch_s (30 s) old, or with a state
+    change (its transaction writes both)."""
+    r = await start()
+    assert r.deps.touches.every_s == 30.0
+    tid, adapter = await activate(r, bus, sessionmaker, clock, nats_url)  # activation at T0
+    assert (await tenant_row(sessionmaker, tid)).last_heartbeat_at == T0
+    tx_before = r.metric("soctalk_heartbeat_transactions_total")
+    for advance in (10, 19):  # T0+10, T0+29: last_seen moves, the tenant row keeps T0
+        clock.advance(advance)
+        await adapter.beat_once()
+        await eventually(lambda: _last_seen_exactly(sessionmaker, tid, clock.now()), what="last_seen")
+        # One statement writes both rows: once last_seen is visible, a tenant write would be too.
+        assert (await tenant_row(sessionmaker, tid)).last_heartbeat_at == T0
+    clock.advance(1)  # T0+30: 30 s after the value written → the flush writes the tenant row too
+    await adapter.beat_once()
+    await eventually(lambda: _last_seen_exactly(sessionmaker, tid, clock.now()), what="last_seen")
+    tenant = await tenant_row(sessionmaker, tid)
+    assert tenant.last_heartbeat_at == T0 + timedelta(seconds=30)
+    assert tenant.last_health is not None and tenant.last_health["status"] == "ok"
+    assert r.metric("soctalk_heartbeat_transactions_total") == tx_before  # all of it on the flush
+    clock.advance(5)  # a component change (a decision) writes the tenant row at once, in its transaction
+    adapter.set_component("cortex", "down", "analyzer queue stuck")
+    await adapter.beat_once()
+    await eventually(n_of(lambda: lifecycle(sessionmaker, tid, "ComponentDegraded"), 1), what="ComponentDegraded")
+    assert (await tenant_row(sessionmaker, tid)).last_heartbeat_at == T0 + timedelta(seconds=35)
+    clock.advance(10)  # back to steady: the next refresh of the tenant row is due 30 s after T0+35
+    adapter.set_component("cortex", "ok")
+    await adapter.beat_once()
+    await eventually(n_of(lambda: lifecycle(sessionmaker, tid, "ComponentRecovered"), 1), what="recovered")
+    clock.advance(10)  # T0+55
+    await adapter.beat_once()
+    await eventually(lambda: _last_seen_exactly(sessionmaker, tid, clock.now()), what="last_seen")
+    assert (await tenant_row(sessionmaker, tid)).last_heartbeat_at == T0 + timedelta(seconds=45)
+
+
+async def _last_seen_exactly(sessionmaker: Any, tid: uuid.UUID, when: datetime) -> bool:
+    row = await hb_state(sessionmaker, tid)
+    return row is not None and row.last_seen == when
 
 
 async def test_a_degradation_decided_by_another_replica_is_recovered_through_the_flush(

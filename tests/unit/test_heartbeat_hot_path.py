@@ -24,7 +24,7 @@ from soctalk_common import events as ev
 from soctalk_common.errors import PermanentError, ValidationFailed
 from soctalk_heartbeat import domain
 from soctalk_heartbeat.consumer import _Batcher
-from soctalk_heartbeat.memory import View, Views
+from soctalk_heartbeat.memory import TenantTouches, View, Views
 from soctalk_secrets import domain as d
 
 KEY = b"hot-path-test-signing-key-0123456789"
@@ -201,3 +201,16 @@ def test_the_cache_key_is_the_parsed_prefix_of_every_well_formed_token(token: st
     except ValidationFailed:
         return  # a malformed token may or may not pick a row; token_decision refuses it either way
     assert _lookup_prefix(token) == prefix
+
+
+def test_the_tenant_row_is_due_once_per_interval_from_the_value_last_written() -> None:
+    touches = TenantTouches(30.0)
+    t = uuid.uuid4()
+    assert touches.due(t, NOW)  # never written by this process
+    touches.wrote(t, NOW)
+    assert not touches.due(t, NOW + timedelta(seconds=29.999))
+    assert touches.due(t, NOW + timedelta(seconds=30))
+    touches.wrote(t, NOW - timedelta(seconds=5))  # an older write does not move it back
+    assert not touches.due(t, NOW + timedelta(seconds=29))
+    touches.forget(t)
+    assert touches.due(t, NOW + timedelta(seconds=1)) and len(touches) == 0

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = 30.0
     heartbeat_missed_intervals: int = 3
     heartbeat_flush_s: float = 1.0
+    # tenants.last_heartbeat_at (API, CLI) is refreshed at most this often per tenant (state changes
+    # always write it); heartbeat_state.last_seen, which liveness reads, follows every heartbeat.
+    heartbeat_tenant_touch_s: float = 30.0
 
     # Secrets
     secrets_backend: str = "kubernetes"  # kubernetes | vault

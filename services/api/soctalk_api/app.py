@@ -178,6 +178,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
 
 
 def tenant_view(t: m.Tenant) -> dict[str, Any]:
+    """``lastHeartbeatAt``: at most ``SOCTALK_HEARTBEAT_TENANT_TOUCH_S`` (30 s) + one flush older than
+    the newest heartbeat the heartbeat service received (it refreshes the column that rarely)."""
     return {"id": str(t.id), "slug": t.slug, "displayName": t.display_name, "state": t.state,
             "profile": t.profile, "chartVersion": t.chart_version, "namespace": f"tenant-{t.slug}",
             "releaseRevision": t.release_revision, "completedSteps": t.completed_steps,

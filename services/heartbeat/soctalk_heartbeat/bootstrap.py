@@ -5,7 +5,8 @@
 * the ``ChartApplied`` route on the generic runtime (durable ``heartbeat--ChartApplied``, inbox);
 * ``heartbeat-consumer``: the batched core-NATS queue subscription (see consumer.py: never stored;
   a bounded pending buffer, drops counted in ``soctalk_heartbeat_dropped_total``);
-* ``heartbeat-flush``: the batched ``last_seen`` write, every ``settings.heartbeat_flush_s``;
+* ``heartbeat-flush``: the batched ``last_seen`` write, every ``settings.heartbeat_flush_s``
+  (``tenants.last_heartbeat_at`` at most once per ``settings.heartbeat_tenant_touch_s`` per tenant);
 * ``heartbeat-liveness``: the silence sweep (TenantDegraded);
 * ``token-cache-refresh``: reloads cached tokens/tenant states every ``token_refresh_s`` (≈1 s), which
   bounds how long a revocation or decommission can go unseen;
@@ -35,6 +36,7 @@ from soctalk_heartbeat.consumer import MAX_PENDING_BYTES, MAX_PENDING_MSGS, Hear
 from soctalk_heartbeat.handlers import HeartbeatConfig, HeartbeatDeps
 from soctalk_heartbeat.http import routes
 from soctalk_heartbeat.intake import Intake
+from soctalk_heartbeat.memory import TenantTouches
 from soctalk_heartbeat.metrics import HeartbeatMetrics
 from soctalk_heartbeat.tokens import TokenCache
 
@@ -63,7 +65,8 @@ def bootstrap(settings: Settings, *, uow: UnitOfWorkFactory, bus: Bus, clock: Cl
                              flush_s=settings.heartbeat_flush_s)
     deps = HeartbeatDeps(config=config, clock=clock or SystemClock(), uow=uow,
                          tokens=TokenCache(uow.sessionmaker, max_age_s=max(3.0, 3 * token_refresh_s)),
-                         metrics=HeartbeatMetrics(registry))
+                         metrics=HeartbeatMetrics(registry),
+                         touches=TenantTouches(settings.heartbeat_tenant_touch_s))
     runtime: ServiceRuntime[HeartbeatDeps] = ServiceRuntime(
         SERVICE, bus=bus, uow=uow, deps=deps, max_deliver=settings.max_deliver,
         ack_wait_s=settings.ack_wait_s, retry_base_s=settings.retry_base_delay_s,

@@ -4,7 +4,9 @@
 * :func:`observe` — the state-changing path for one valid heartbeat: activation, recovery,
   component changes. Called only when the in-memory view says something may change.
 * :func:`flush` — the batched ``last_seen`` refresh; hands tenants whose durable flags disagree with
-  the view back to :func:`observe`.
+  the view back to :func:`observe`. It refreshes ``tenants.last_heartbeat_at``/``last_health`` (what
+  the API shows) only when this process last wrote them ``tenant_touch_s`` (30 s) or more before;
+  :func:`observe` (every state change a heartbeat causes) writes them always, in its transaction.
 * :func:`degrade_silent` — the liveness sweep.
 
 What callers can rely on: TenantActivated is emitted once per tenant (conditional UPDATE on
@@ -29,7 +31,7 @@ from soctalk_common.runtime import Ctx
 from soctalk_common.uow import UnitOfWork, UnitOfWorkFactory
 
 from soctalk_heartbeat import domain, store
-from soctalk_heartbeat.memory import LastSeenBuffer, Pending, View, Views
+from soctalk_heartbeat.memory import LastSeenBuffer, Pending, TenantTouches, View, Views
 from soctalk_heartbeat.metrics import HeartbeatMetrics
 from soctalk_heartbeat.tokens import TokenCache
 
@@ -59,6 +61,8 @@ class HeartbeatDeps:
     metrics: HeartbeatMetrics
     views: Views = field(default_factory=Views)
     buffer: LastSeenBuffer = field(default_factory=LastSeenBuffer)
+    #: tenants.last_heartbeat_at written at most once per ``touches.every_s`` (heartbeat_tenant_touch_s)
+    touches: TenantTouches = field(default_factory=TenantTouches)
 
 
 async def on_chart_applied(event: ev.ChartApplied, ctx: Ctx[HeartbeatDeps]) -> None:
@@ -105,6 +109,7 @@ async def observe(hb: ev.AdapterHeartbeat, seen_at: datetime, deps: HeartbeatDep
                                   "message": c.message})
         await tx.commit()
     deps.metrics.transactions.inc()
+    deps.touches.wrote(hb.tenant_id, seen_at)  # store.touch wrote the tenant row too
     deps.buffer.drop_not_newer(hb.tenant_id, seen_at)
     for kind, happened in (("activated", newly_activated), ("recovered", recovered)):
         if happened:
@@ -141,12 +146,15 @@ async def flush(deps: HeartbeatDeps) -> int:
     if not entries:
         return 0
     items = list(entries.items())
+    touches = deps.touches
     written = 0
     for i in range(0, len(items), FLUSH_ROWS):
         chunk = dict(items[i:i + FLUSH_ROWS])
         try:
             # Each buffered body is parsed here once (it was valid when verified), not kept as a model.
-            rows = ((t, p.seen_at, domain.health_of(_heartbeat(p))) for t, p in chunk.items())
+            # The tenant row (last_heartbeat_at, read by the API) only when ours is tenant_touch_s old.
+            touch = {t: touches.due(t, p.seen_at) for t, p in chunk.items()}
+            rows = ((t, p.seen_at, domain.health_of(_heartbeat(p)), touch[t]) for t, p in chunk.items())
             result = await store.flush_last_seen(deps.uow.sessionmaker, rows)
         except BaseException:
             deps.buffer.restore(dict(items[i:]))  # this slice and the rest: next time
@@ -155,6 +163,9 @@ async def flush(deps: HeartbeatDeps) -> int:
         deps.metrics.flushes.inc()
         deps.metrics.flushed.inc(len(result))
         written += len(result)
+        for tenant_id in result:
+            if touch[tenant_id]:
+                touches.wrote(tenant_id, chunk[tenant_id].seen_at)
         for tenant_id, f in result.items():
             if f.degraded or f.components_changed or f.activated is False:
                 deps.views.forget(tenant_id)  # another replica decided something: take the slow path

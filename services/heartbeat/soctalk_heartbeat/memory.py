@@ -4,9 +4,11 @@ Nothing here is a source of truth. ``Views`` lets a heartbeat that changes nothi
 (activated, not degraded, same component statuses as last recorded); every view is corrected by the
 next flush, which returns the durable flags. ``LastSeenBuffer`` holds the newest unwritten heartbeat
 per tenant; losing it (a crash) loses at most one flush interval of ``last_seen`` refreshes, never a
-decision.
+decision. ``TenantTouches`` remembers, per tenant, the ``tenants.last_heartbeat_at`` this process last
+wrote, so the flush writes that row at most once per ``tenant_touch_s`` (``heartbeat_state.last_seen``
+is written for every flushed heartbeat).
 
-Both hold one small entry per tenant (tens of thousands of them): tuples, and the raw body of the
+All three hold one small entry per tenant (tens of thousands of them): tuples, and the raw body of the
 buffered heartbeat (~0.5 KB) rather than its parsed model (~3 KB); the flush parses it once.
 """
 
@@ -93,3 +95,29 @@ class LastSeenBuffer:
 
     def __len__(self) -> int:
         return len(self._pending)
+
+
+@dataclass
+class TenantTouches:
+    """The ``tenants.last_heartbeat_at`` this process last wrote, per tenant (one datetime each).
+
+    Forgetting it (a restart, another replica) only makes the next flush write the row again."""
+
+    every_s: float = 30.0
+    _written: dict[uuid.UUID, datetime] = field(default_factory=dict)
+
+    def due(self, tenant_id: uuid.UUID, seen_at: datetime) -> bool:
+        """Whether a heartbeat seen at ``seen_at`` should also refresh the tenant row."""
+        last = self._written.get(tenant_id)
+        return last is None or (seen_at - last).total_seconds() >= self.every_s
+
+    def wrote(self, tenant_id: uuid.UUID, seen_at: datetime) -> None:
+        last = self._written.get(tenant_id)
+        if last is None or last < seen_at:
+            self._written[tenant_id] = seen_at
+
+    def forget(self, tenant_id: uuid.UUID) -> None:
+        self._written.pop(tenant_id, None)
+
+    def __len__(self) -> int:
+        return len(self._written)

@@ -7,6 +7,12 @@ caller's transaction, so two replicas (or a redelivery) deciding the same thing 
 * :func:`claim_degraded` flips ``degraded`` only while the tenant is still silent and not degraded;
 * :func:`claim_recovery` flips it back only while it is set.
 
+``tenants.last_heartbeat_at``/``last_health`` (what the API and CLI show) follow ``heartbeat_state``
+at a coarser grain: :func:`touch` (the transactional path: activation, recovery, component changes)
+writes them always; :func:`flush_last_seen` only for the entries its caller marks (at most once per
+``heartbeat_tenant_touch_s`` per tenant, 30 s by default). ``heartbeat_state.last_seen`` is written for
+every heartbeat and is the only one liveness reads.
+
 Lock order, everywhere: the ``tenants`` row first, then ``heartbeat_state``. :func:`flush_last_seen`
 skips tenant rows someone else holds (``SKIP LOCKED``) and the caller keeps those for the next flush,
 so the batched refresh never waits on, or deadlocks with, a state-changing transaction.
@@ -150,12 +156,12 @@ async def silent_candidates(sessionmaker: async_sessionmaker[AsyncSession], cuto
 _FLUSH = text("""
 WITH v AS (
     SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:seen AS timestamptz[]), CAST(:health AS text[]),
-                         CAST(:comps AS text[])) AS v(tenant_id, seen, health, comps)
+                         CAST(:comps AS text[]), CAST(:touch AS boolean[])) AS v(tenant_id, seen, health, comps, touch)
 ), lk AS (
     SELECT t.id FROM tenants t WHERE t.id IN (SELECT tenant_id FROM v) ORDER BY t.id FOR UPDATE SKIP LOCKED
 ), tu AS (
     UPDATE tenants t SET last_heartbeat_at = v.seen, last_health = CAST(v.health AS jsonb)
-    FROM v WHERE t.id = v.tenant_id AND t.id IN (SELECT id FROM lk)
+    FROM v WHERE t.id = v.tenant_id AND v.touch AND t.id IN (SELECT id FROM lk)
       AND (t.last_heartbeat_at IS NULL OR t.last_heartbeat_at < v.seen)
     RETURNING t.id
 ), hu AS (
@@ -182,28 +188,32 @@ class Flushed:
     components_changed: bool | None
 
 
-FlushEntry = tuple[uuid.UUID, datetime, dict[str, Any]]
+#: ``(tenant, seen_at, health, touch)``: ``touch`` — also refresh ``tenants.last_heartbeat_at``/``last_health``.
+FlushEntry = tuple[uuid.UUID, datetime, dict[str, Any], bool]
 
 
 async def flush_last_seen(sessionmaker: async_sessionmaker[AsyncSession],
                           entries: Iterable[FlushEntry]) -> dict[uuid.UUID, Flushed]:
-    """One statement, one transaction: refresh ``last_seen``/``last_health`` (and the tenant's
-    ``last_heartbeat_at``/``last_health``) for many tenants, only where strictly newer than what is
-    recorded (a transactional write of a later heartbeat always wins over a buffered older one).
+    """One statement, one transaction: refresh ``last_seen``/``last_health`` (and, for the entries
+    marked ``touch``, the tenant's ``last_heartbeat_at``/``last_health``) for many tenants, only where
+    strictly newer than what is recorded (a transactional write of a later heartbeat always wins over
+    a buffered older one).
     Returns the tenants it locked; the caller keeps the others (locked by a state change right now)
     for the next flush."""
     ids: list[uuid.UUID] = []
     seen: list[datetime] = []
     health: list[str] = []
     comps: list[str] = []
-    for tenant_id, seen_at, h in entries:  # one pass: each health dict is serialised and dropped
+    touch: list[bool] = []
+    for tenant_id, seen_at, h, t in entries:  # one pass: each health dict is serialised and dropped
         ids.append(tenant_id)
         seen.append(seen_at)
         health.append(json.dumps(h))
         comps.append(json.dumps(component_statuses(h)))
+        touch.append(t)
     if not ids:
         return {}
-    params = {"ids": ids, "seen": seen, "health": health, "comps": comps}
+    params = {"ids": ids, "seen": seen, "health": health, "comps": comps, "touch": touch}
     async with sessionmaker() as s, s.begin():
         rows = (await s.execute(_FLUSH, params)).all()
     return {r.id: Flushed(r.degraded, r.activated, r.changed) for r in rows}

@@ -66,6 +66,8 @@ class Tenant(Base):
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     release_revision: Mapped[int | None]
     edge_ports: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # Shown by the API/CLI; refreshed at most every heartbeat_tenant_touch_s (30 s) per tenant and at
+    # every heartbeat-caused state change. Liveness reads heartbeat_state.last_seen (every heartbeat).
     last_heartbeat_at: Mapped[datetime | None] = _ts(nullable=True)
     last_health: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     activated_at: Mapped[datetime | None] = _ts(nullable=True)
