@@ -6,8 +6,8 @@ config, adapter tokens, 7 secret references each, heartbeat state, lifecycle his
 install record, so the helm-runner's drift round covers every one of them). For ``window`` seconds
 every tenant's adapter heartbeats (the heartbeat service's token cache and views hold all 10,000) and
 the loops run: heartbeat flush/liveness/token refresh, provisioner timers, secrets retirement sweep,
-helm-runner watch/drift (drift every 10 s here instead of 300 s, so a round over all tenants falls in
-the window)/timers, the relay publishing whatever those loops emit.
+helm-runner watch/drift (each tenant's drift check every 10 s here instead of 300 s, so a round
+over all tenants falls in the window)/timers, the relay publishing whatever those loops emit.
 
 The figure per service is the kernel's peak resident set (VmHWM) of its process at the end of the
 window. How the resident set splits at the end of the window is reported beside it: ``rss_anon_mb``
@@ -36,8 +36,9 @@ from bench.stackrun import KEY, dead, devstack, peak_rss_mb
 
 
 async def seed_release_records(database_url: str, tenant_ids: list[uuid.UUID]) -> None:
-    """A succeeded ``install`` per tenant, as the helm-runner records one."""
-    now = datetime.now(UTC)
+    """A succeeded ``install`` per tenant, as the helm-runner records one, an hour ago (so every tenant
+    is due for its drift check at once)."""
+    now = datetime.now(UTC) - timedelta(hours=1)
     rows = [(t, "install", "soctalk-tenant", f"tenant-bench-{i:05d}", "v1.1.0", 1, "succeeded",
              now + timedelta(minutes=15), uuid.uuid4(), now, now) for i, t in enumerate(tenant_ids)]
     conn = await asyncpg.connect(dsn(database_url))

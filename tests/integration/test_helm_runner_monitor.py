@@ -3,6 +3,7 @@ namespace reported only after the grace period, re-checked under the lease."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -33,6 +34,12 @@ async def installed(runner: h.Runner) -> TenantView:
     return t
 
 
+async def due_round(runner: h.Runner) -> int:
+    """A drift round once every tenant's interval is up (each is due after its last check or write)."""
+    runner.clock.advance(runner.deps.own.drift_interval_s + 1)
+    return await runner.monitor.round()
+
+
 async def edit(runner: h.Runner, t: TenantView, manager: str = "someone-else", **spec: Any) -> None:
     """An out-of-band edit, as `kubectl scale` / `kubectl set image` would make it."""
     await runner.kube.apply({"apiVersion": "apps/v1", "kind": "Deployment",
@@ -59,7 +66,7 @@ async def test_out_of_band_edits_are_detected_once_and_resolved(runner: h.Runner
     t = await installed(runner)
     await edit(runner, t, replicas=3)
     await edit_image(runner, t, "evil.example/thehive:latest")
-    assert await runner.monitor.round() >= 1
+    assert await due_round(runner) >= 1
 
     found = {(d.object, d.field): d for d in await h.emitted(runner.uow, "DriftDetected", t.id)}
     replicas = found[("Deployment/thehive", "spec.replicas")]
@@ -70,13 +77,13 @@ async def test_out_of_band_edits_are_detected_once_and_resolved(runner: h.Runner
     (record,) = [r for r in await h.lifecycle(runner.uow, t.id) if r.type == "DriftDetected"]
     assert record.details["total"] == len(found) and "warn only" in record.message
 
-    await runner.monitor.round()  # the same drift again: nothing new is announced
+    await due_round(runner)  # the same drift again: nothing new is announced
     assert len(await h.emitted(runner.uow, "DriftDetected", t.id)) == len(found)
     assert (await runner.kube.get("apps/v1", "Deployment", "thehive", t.namespace))["spec"]["replicas"] == 3
 
     await edit(runner, t, "someone-tidy", replicas=1)  # someone puts it back
     await edit_image(runner, t, image.expected, "someone-tidy-images")
-    await runner.monitor.round()
+    await due_round(runner)
     types = [r.type for r in await h.lifecycle(runner.uow, t.id)]
     assert types[-2:] == ["DriftDetected", "DriftResolved"]
 
@@ -117,7 +124,7 @@ async def test_vanished_namespace_is_reported_only_after_the_grace_period(runner
                                                                           kubelet: SimulatedKubelet) -> None:
     t = await installed(runner)
     await runner.kube.delete_namespace(t.namespace, wait=True)
-    await runner.monitor.round()
+    await due_round(runner)
     assert await h.emitted(runner.uow, "NamespaceMissing", t.id) == []
     assert [r.type for r in await h.lifecycle(runner.uow, t.id)][-1] == "NamespaceVanished"
 
@@ -133,7 +140,7 @@ async def test_vanished_namespace_is_reported_only_after_the_grace_period(runner
     (missing,) = await h.emitted(runner.uow, "NamespaceMissing", t.id)
     assert missing.namespace == t.namespace
 
-    await runner.monitor.round()  # reported once: no new timer, no second event
+    await due_round(runner)  # reported once: no new timer, no second event
     runner.clock.advance(runner.deps.own.namespace_grace_s + 1)
     await runner.monitor.fire_timers()
     assert len(await h.emitted(runner.uow, "NamespaceMissing", t.id)) == 1
@@ -143,9 +150,9 @@ async def test_namespace_back_within_the_grace_period_is_not_reported(runner: h.
                                                                       kubelet: SimulatedKubelet) -> None:
     t = await installed(runner)
     await runner.kube.delete_namespace(t.namespace, wait=True)
-    await runner.monitor.round()
+    await due_round(runner)
     await runner.kube.ensure_namespace(t.namespace, {"tenant": "true"})
-    await runner.monitor.round()
+    await due_round(runner)
     runner.clock.advance(runner.deps.own.namespace_grace_s + 1)
     assert await runner.monitor.fire_timers() == 0
     assert await h.emitted(runner.uow, "NamespaceMissing", t.id) == []
@@ -197,3 +204,49 @@ async def h_view(runner: h.Runner, t: TenantView) -> TenantView:
     view = await records.tenant_view(runner.uow, t.id)
     assert view is not None
     return view
+
+
+async def test_each_tenant_is_checked_once_per_interval_after_its_last_write_or_check(
+        runner: h.Runner, kubelet: SimulatedKubelet) -> None:
+    """The round checks only due tenants: not a release written moments ago, not one checked within the
+    interval; a check is recorded durably (drift_checks), so a restarted replica keeps the schedule."""
+    t = await installed(runner)
+    interval = runner.deps.own.drift_interval_s
+
+    async def checked_at() -> Any:
+        async with runner.uow.sessionmaker() as s:
+            return (await s.execute(select(m.DriftCheck.checked_at).where(m.DriftCheck.tenant_id == t.id))
+                    ).scalar_one_or_none()
+
+    async def due() -> bool:
+        from soctalk_helm_runner import records
+        before = runner.clock.now() - timedelta(seconds=interval)
+        return t.id in {i async for i, _ in records.monitored_ids(runner.uow, due_before=before)}
+
+    assert not await due()  # just written
+    await runner.monitor.round()
+    assert await checked_at() is None
+    runner.clock.advance(interval - 5)
+    assert not await due()
+    runner.clock.advance(6)
+    assert await due()
+    await runner.monitor.round()
+    first = await checked_at()
+    assert first == runner.clock.now()
+    assert not await due()  # checked now: not due again until the interval is up
+    runner.clock.advance(interval - 1)
+    assert not await due()
+    runner.clock.advance(2)
+    assert await due()
+
+    await edit(runner, t, replicas=2)
+    await runner.monitor.round()
+    assert [d.field for d in await h.emitted(runner.uow, "DriftDetected", t.id)] == ["spec.replicas"]
+    assert await checked_at() == runner.clock.now() > first
+
+
+async def test_the_drift_tick_defaults_to_a_tenth_of_the_interval() -> None:
+    assert h.own_settings(drift_interval_s=300.0).drift_tick() == 30.0
+    assert h.own_settings(drift_interval_s=3600.0).drift_tick() == 30.0
+    assert h.own_settings(drift_interval_s=10.0).drift_tick() == 1.0
+    assert h.own_settings(drift_interval_s=10.0, drift_tick_s=4.0).drift_tick() == 4.0

@@ -5,7 +5,8 @@ process, when run, consumes the five routed events (one durable consumer each) a
 
 * ``helm-runner-watch`` — closes recorded operations (every ``watch_interval_s``, and at once when
   a handler records a new one);
-* ``helm-runner-drift`` — the round-trip drift check and vanished-namespace detection;
+* ``helm-runner-drift`` — the round-trip drift check of the tenants that are due (every
+  ``drift_tick_s``; each tenant every ``drift_interval_s``) and vanished-namespace detection;
 * ``helm-runner-timers`` — fires due ``helm-ns-missing`` timers (every ``timer_poll_s``);
 * ``helm-runner-prune`` — deletes finished release operations older than ``operation_retention_s``
   (every ``prune_interval_s``; the lifecycle stream keeps their history).
@@ -61,7 +62,7 @@ def bootstrap(settings: Settings, *, uow: UnitOfWorkFactory, bus: Bus, kube: Any
     watcher, monitor = Watcher(deps), Monitor(deps)
     tasks = [
         WakeableTask("helm-runner-watch", watcher.tick, own.watch_interval_s, wake=deps.wake),
-        PeriodicTask("helm-runner-drift", monitor.round, own.drift_interval_s),
+        PeriodicTask("helm-runner-drift", monitor.round, own.drift_tick()),
         PeriodicTask("helm-runner-timers", monitor.fire_timers, settings.timer_poll_s),
         PeriodicTask("helm-runner-prune", lambda: prune(deps), own.prune_interval_s),
     ]

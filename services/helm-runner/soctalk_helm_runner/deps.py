@@ -28,7 +28,8 @@ class HelmRunnerSettings(BaseSettings):
 
     watch_interval_s: float = 2.0  # how often waiting operations are re-checked (new ones at once)
     watch_concurrency: int = 8
-    drift_interval_s: float = 300.0  # round-trip drift check of every live tenant
+    drift_interval_s: float = 300.0  # each live tenant's release is checked this long after its last check/write
+    drift_tick_s: float | None = None  # how often due tenants are looked for (None: interval / 10, ≤ 30 s)
     drift_correct: bool = False  # False: warn only (DriftDetected); True: also helm upgrade to restore
     helm_field_manager: str = "helm"  # Helm's server-side apply manager (drift correction hands fields back)
     drift_max_events: int = 20  # DriftDetected events per tenant per check (the lifecycle has them all)
@@ -43,6 +44,10 @@ class HelmRunnerSettings(BaseSettings):
     prune_interval_s: float = 3600.0
     edge_port_base: int = 15140
     edge_port_limit: int = 16140
+
+    def drift_tick(self) -> float:
+        """Seconds between looks for due tenants: a tenant is checked at most a tick late."""
+        return self.drift_tick_s if self.drift_tick_s is not None else max(0.1, min(30.0, self.drift_interval_s / 10))
 
 
 class HelmPort(Protocol):

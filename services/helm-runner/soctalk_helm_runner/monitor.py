@@ -1,4 +1,11 @@
-"""Drift and vanished namespaces of live tenants (every ``drift_interval_s``).
+"""Drift and vanished namespaces of live tenants (each checked every ``drift_interval_s``).
+
+Each tenant keeps its own schedule, as Flux keeps one per HelmRelease: it is due ``drift_interval_s``
+after its last drift check (``drift_checks``) or its last successful write, whichever is later, and a
+round (every ``drift_tick_s``) checks only the tenants that are due. So onboarding a thousand tenants
+does not re-check releases applied seconds ago, the checks of a fleet spread out as its writes did,
+and the schedule survives restarts and is shared by replicas. A tenant whose namespace is gone is not
+marked checked: it is looked at every round until the namespace is back or reported missing.
 
 For each live tenant with no operation in flight (state provisioning/active/degraded/suspended and a
 succeeded install):
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 
 import structlog
 from soctalk_common import events as ev
@@ -48,9 +56,10 @@ class Monitor:
         self.d = deps
 
     async def round(self) -> int:
-        """Check every monitored tenant once; returns how many were checked."""
+        """Check every monitored tenant that is due; returns how many were checked."""
         checked = 0
-        async for tenant_id, applied in records.monitored_ids(self.d.uow):
+        due_before = self.d.clock.now() - timedelta(seconds=self.d.own.drift_interval_s)
+        async for tenant_id, applied in records.monitored_ids(self.d.uow, due_before=due_before):
             tenant = await records.tenant_view(self.d.uow, tenant_id)  # one at a time, not all at once
             if tenant is None or tenant.state not in records.LIVE or tenant.deleted:
                 continue
@@ -149,6 +158,7 @@ class Monitor:
                 tx.lifecycle(origin, "DriftCorrected", slug=tenant.slug, step="drift",
                              message=f"helm upgrade restored the rendered release (revision {corrected})",
                              details={"revision": corrected})
+            await records.mark_drift_checked(tx, tenant.id, d.clock.now())
             await tx.commit()
 
     # --- vanished namespaces ----------------------------------------------------------------------
@@ -157,7 +167,9 @@ class Monitor:
         d = self.d
         async with d.uow() as tx:
             await tx.tenant(tenant.id)
+            await records.mark_drift_checked(tx, tenant.id, d.clock.now())
             if await _reported(tx, tenant.id) or await timers.pending(tx, tenant.id, NAMESPACE_TIMER):
+                await tx.commit()
                 return
             due = timers.after(d.clock, d.own.namespace_grace_s)
             await timers.schedule(tx, tenant.id, NAMESPACE_TIMER, due, {"namespace": tenant.namespace})

@@ -19,6 +19,7 @@ from soctalk_common.db import models as m
 from soctalk_common.uow import UnitOfWork, UnitOfWorkFactory
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from soctalk_helm_runner.domain import (
     RELEASE,
@@ -253,30 +254,51 @@ async def prune_operations(uow: UnitOfWorkFactory, *, before: datetime, batch: i
 MONITOR_PAGE = 500  # tenants per query of a drift round: all of its rows that are held at once
 
 
-async def monitored_ids(uow: UnitOfWorkFactory, *, page: int = MONITOR_PAGE,
+async def monitored_ids(uow: UnitOfWorkFactory, *, page: int = MONITOR_PAGE, due_before: datetime | None = None,
                         ) -> AsyncIterator[tuple[uuid.UUID, Applied]]:
     """Ids of the live tenants with no operation in flight, with what the helm-runner last applied
     to them. Ids only, a page of ``page`` tenants per query (keyset on the tenant id, each page in its
     own session): a round over 10,000 tenants must hold neither 10,000 configs nor 10,000 rows
-    (materialising all rows at once was +7 MB of peak RSS; bench/README.md)."""
-    op = m.ReleaseOperation
+    (materialising all rows at once was +7 MB of peak RSS; bench/README.md).
+
+    ``due_before``: only the tenants whose last drift check and last successful write (the newest
+    succeeded install/upgrade/suspend/resume) both happened before it: a release written a minute ago
+    was just rendered and applied from the record, so checking it again before the interval is up
+    finds nothing a check at the due time would not (the schedule Flux keeps per HelmRelease)."""
+    op, dc = m.ReleaseOperation, m.DriftCheck
     busy = select(op.tenant_id).where(op.status == "waiting")
-    latest = (select(op.tenant_id, op.operation, op.chart_version)
+    latest = (select(op.tenant_id, op.operation, op.chart_version, op.finished_at)
               .join(m.Tenant, m.Tenant.id == op.tenant_id)
               .where(m.Tenant.deleted_at.is_(None), m.Tenant.state.in_(LIVE), op.tenant_id.not_in(busy),
                      op.status == "succeeded", op.operation.in_(("install", "upgrade", "suspend", "resume")))
               .order_by(op.tenant_id, op.id.desc()).ext(distinct_on(op.tenant_id)).limit(page))
     after: uuid.UUID | None = None
     while True:
+        inner = (latest if after is None else latest.where(op.tenant_id > after)).subquery()
+        stmt = (select(inner, dc.checked_at).outerjoin(dc, dc.tenant_id == inner.c.tenant_id)
+                .order_by(inner.c.tenant_id))
         async with uow.sessionmaker() as s:
-            rows = (await s.execute(latest if after is None else latest.where(op.tenant_id > after))).all()
+            rows = (await s.execute(stmt)).all()
         for row in rows:
+            if due_before is not None and not _due(row.finished_at, row.checked_at, due_before):
+                continue
             applied = last_applied([(row.operation, row.chart_version)])
             if applied is not None:
                 yield row.tenant_id, applied
         if len(rows) < page:
             return
         after = rows[-1].tenant_id
+
+
+def _due(written: datetime | None, checked: datetime | None, before: datetime) -> bool:
+    return all(t is None or t < before for t in (written, checked))
+
+
+async def mark_drift_checked(tx: UnitOfWork, tenant_id: uuid.UUID, at: datetime) -> None:
+    """Record a finished drift check (in the transaction that records its outcome)."""
+    dc = m.DriftCheck
+    await tx.session.execute(pg_insert(dc).values(tenant_id=tenant_id, checked_at=at).on_conflict_do_update(
+        index_elements=[dc.tenant_id], set_={"checked_at": at}))
 
 
 async def monitored(uow: UnitOfWorkFactory) -> list[tuple[TenantView, Applied]]:

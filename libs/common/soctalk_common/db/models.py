@@ -213,6 +213,16 @@ class ReleaseOperation(Base):
     expected_workloads: Mapped[list[Any] | None] = mapped_column(JSONB)  # ``Kind/name``; NULL: read the release
 
 
+class DriftCheck(Base):
+    """When the drift round last checked a tenant's release: it is due again ``drift_interval_s`` after
+    this or after its last successful write, whichever is later."""
+
+    __tablename__ = "drift_checks"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    checked_at: Mapped[datetime] = _ts()
+
+
 class AdapterToken(Base):
     """Adapter tokens: public prefix + keyed hash of the secret part; the token itself is never stored."""
 
