@@ -213,6 +213,23 @@ async def per_step(database_url: str, ids: list[str]) -> dict[str, dict[str, flo
     return firsts  # type: ignore[return-value]
 
 
+def fill_drain(firsts: dict[str, dict[str, datetime]], sent: datetime) -> dict[str, float]:
+    """How long the pipeline takes to fill (requests sent → the first tenant's SecretsReady, when the
+    helm-runner can start its first install; the baseline starts installing at once) and, at the end,
+    the last HelmInstalled → the last ChartApplied (the readiness wait and hand-over after the last install)."""
+    def mark(kind: str, pick: Any) -> datetime | None:
+        found = [m[kind] for m in firsts.values() if kind in m]
+        return pick(found) if found else None
+    out: dict[str, float] = {}
+    first_ready = mark("SecretsReady", min)
+    if first_ready is not None:
+        out["fill_s"] = round((first_ready - sent).total_seconds(), 2)
+    last_installed, last_applied = mark("HelmInstalled", max), mark("ReleaseReady", max)
+    if last_installed is not None and last_applied is not None:
+        out["drain_s"] = round((last_applied - last_installed).total_seconds(), 2)
+    return out
+
+
 def step_summary(firsts: dict[str, dict[str, datetime]], requested: dict[str, datetime]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, a, b in STEPS:
@@ -331,6 +348,7 @@ async def scenario(n: int, kubeconfig: str | None, timeout: float) -> dict[str, 
             await kube.close()
             await bus.close()
     steps = step_summary(firsts, run.requested)
+    edges = fill_drain(firsts, min(run.requested[i] for i in ids))
     r = summary(render_ms)
     steps = {"validate": steps.get("validate"), "secrets": steps.get("secrets"),
              "render": {"p50": round(r["p50"], 1), "p99": round(r["p99"], 1), "n": len(render_ms)},
@@ -339,7 +357,7 @@ async def scenario(n: int, kubeconfig: str | None, timeout: float) -> dict[str, 
     cpu_raw = {k: round(v - c0.get(k, 0.0), 1) for k, v in c1.items() if v - c0.get(k, 0.0) >= 0.05}
     cpu_raw["helm_direct (child)"] = round(raw.get("cpu_s", 0.0), 1)
     return {"ours_s": ours_s, "raw_s": raw["elapsed_s"], "raw_install": summary(raw["install_ms"]), "peaks": peaks,
-            "activated": activated, "steps": steps, "cpu_ours": cpu_ours, "cpu_raw": cpu_raw}
+            "activated": activated, "steps": steps, "edges": edges, "cpu_ours": cpu_ours, "cpu_raw": cpu_raw}
 
 
 async def run() -> dict[str, Any]:
@@ -354,6 +372,7 @@ async def run() -> dict[str, Any]:
     out[f"{key}.ours_tenants_per_s"] = round(n / r["ours_s"], 2)
     out[f"{key}.raw_install_ms"] = r["raw_install"]
     out[f"{key}.per_step_ms"] = r["steps"]
+    out[f"{key}.fill_drain_s"] = r["edges"]
     out[f"{key}.activated"] = r["activated"]
     # CPU seconds by process while each side ran (other load on the machine does not inflate these).
     out[f"{key}.cpu_s_ours"] = r["cpu_ours"]
