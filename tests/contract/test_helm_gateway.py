@@ -131,10 +131,16 @@ async def test_release_lifecycle(helm: HelmGateway, kube: KubeGateway, namespace
         (1, "superseded"), (2, "superseded"), (3, "deployed")]
     status = await helm.status(release, namespace)
     assert status is not None and status.revision == 3 and status.updated
+    stored = await helm.stored(release, namespace)  # the latest record in one read: info, manifest, values
+    assert stored is not None
+    info, values = stored
+    assert (info.revision, info.status, info.chart_version) == (3, "deployed", status.chart_version)
+    assert info.manifest == await helm.manifest(release, namespace) and values == {"greeting": "one"}
 
     await helm.uninstall(release, namespace)
     await helm.uninstall(release, namespace)  # idempotent
     assert await helm.status(release, namespace) is None
+    assert await helm.stored(release, namespace) is None
     assert await release_records(kube, namespace, release) == []
     assert await kube.get("apps/v1", "Deployment", f"{release}-web", namespace) is None
     with pytest.raises(NotFound, match=release):

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from soctalk_common import lease
 from soctalk_common.db import models as m
+from soctalk_helm_runner import chartsrc
 from soctalk_helm_runner.deps import NAMESPACE_TIMER
 from soctalk_helm_runner.domain import Applied
 from soctalk_helm_runner.records import TenantView
@@ -250,3 +251,37 @@ async def test_the_drift_tick_defaults_to_a_tenth_of_the_interval() -> None:
     assert h.own_settings(drift_interval_s=3600.0).drift_tick() == 30.0
     assert h.own_settings(drift_interval_s=10.0).drift_tick() == 1.0
     assert h.own_settings(drift_interval_s=10.0, drift_tick_s=4.0).drift_tick() == 4.0
+
+
+class CountingRenders(h.Wrapper):
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.renders = 0
+
+    async def render(self, *args: Any, **kwargs: Any) -> str:
+        self.renders += 1
+        return await self.inner.render(*args, **kwargs)
+
+
+async def test_a_release_written_from_the_records_inputs_is_not_re_rendered(runner: h.Runner,
+                                                                            kubelet: SimulatedKubelet) -> None:
+    """Same chart version, same values as the record renders now: no Helm render; the live objects are
+    still compared. A hand-run ``helm upgrade`` with other values is re-rendered and reported."""
+    t = await installed(runner)
+    counting = CountingRenders(runner.deps.helm)
+    runner.deps.helm = counting
+    assert await runner.monitor.check(t, APPLIED) == []
+    assert counting.renders == 0
+    await edit(runner, t, replicas=2)
+    assert [d.field for d in await runner.monitor.check(t, APPLIED)] == ["spec.replicas"]
+    assert counting.renders == 0
+
+    await edit(runner, t, "someone-tidy", replicas=1)
+    values = await runner.deps.helm.values(h.RELEASE, t.namespace)
+    values["tenant"]["displayName"] = "Edited by hand"
+    chart = chartsrc.locate(runner.deps.settings.charts_dir, "v1.1.0")
+    await runner.deps.helm.upgrade(h.RELEASE, str(chart.path), t.namespace, values)  # someone ran helm
+    found = await runner.monitor.check(t, APPLIED)
+    assert counting.renders == 1
+    assert found and {d.source for d in found} >= {"release"}
+    assert any("Edited by hand" in (d.actual or "") for d in found if d.source == "release")

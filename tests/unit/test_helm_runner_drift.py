@@ -226,3 +226,15 @@ def test_chart_versions_are_found_as_directories_and_packages(tmp_path: Path) ->
         chartsrc.locate(tmp_path, "v9.9.9")
     with pytest.raises(chartsrc.UnknownChartVersion, match="not a chart version"):
         chartsrc.locate(tmp_path, "latest")
+
+
+def test_same_inputs_needs_the_same_chart_version_and_json_equal_values() -> None:
+    values = {"tenant": {"id": "t", "replicas": 1, "hosts": ("a", "b")}, "suspended": False}
+    stored = {"tenant": {"id": "t", "replicas": 1, "hosts": ["a", "b"]}, "suspended": False}
+    assert drift.same_inputs("1.1.0", stored, "v1.1.0", values)  # Helm reports versions without the v
+    assert not drift.same_inputs("1.2.0", stored, "v1.1.0", values)
+    assert not drift.same_inputs("not-a-version", stored, "v1.1.0", values)
+    assert not drift.same_inputs("1.1.0", {**stored, "suspended": True}, "v1.1.0", values)
+    assert not drift.same_inputs("1.1.0", {"tenant": {"id": "t", "replicas": 2, "hosts": ["a", "b"]},
+                                           "suspended": False}, "v1.1.0", values)
+    assert not drift.same_inputs("1.1.0", {}, "v1.1.0", values)

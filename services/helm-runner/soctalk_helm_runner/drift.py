@@ -23,6 +23,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import yaml
+from soctalk_common.compat import version_label
 
 MISSING = "(missing)"
 OBJECT = "(object)"
@@ -60,6 +61,18 @@ def parse_manifest(text: str) -> list[dict[str, Any]]:
             else:
                 out.append(doc)
     return out
+
+
+def same_inputs(release_chart_version: str, release_values: Mapping[str, Any], chart_version: str,
+                values: Mapping[str, Any]) -> bool:
+    """Whether a release was written from exactly these inputs: the same chart version and values that
+    are equal as JSON (the release stores them as JSON). Then re-rendering cannot find release drift."""
+    try:
+        if version_label(release_chart_version) != version_label(chart_version):
+            return False
+    except ValueError:
+        return False
+    return bool(json.loads(json.dumps(values)) == release_values)
 
 
 def object_name(obj: Mapping[str, Any]) -> str:

@@ -91,28 +91,45 @@ class Monitor:
 
     async def drifts(self, tenant: TenantView, applied: Applied) -> list[Drift]:
         d, ns = self.d, tenant.namespace
-        if await d.helm.status(RELEASE, ns) is None:
+        stored = await d.helm.stored(RELEASE, ns)  # one read of the release record, no cluster lookups
+        if stored is None:
             return [Drift(f"Release/{RELEASE}", drift.OBJECT, "deployed", drift.MISSING, "release")]
-        manifest = drift.parse_manifest(await d.helm.manifest(RELEASE, ns))
+        info, stored_values = stored
+        manifest = drift.parse_manifest(info.manifest)
         found: list[Drift] = []
         try:
             chart = chartsrc.locate(d.settings.charts_dir, applied.chart_version)
             refs = await records.secret_refs(d.uow, tenant.id)
             values = await asyncio.to_thread(render_values, tenant, refs, d.settings,
                                              suspended=applied.suspended, features=await d.cluster_features())
-            rendered = await d.helm.render(str(chart.path), values, release=RELEASE, namespace=ns)
-            found += drift.compare_manifests(drift.parse_manifest(rendered), manifest)
+            # The same chart version with the same values renders the same manifest (the charts use
+            # no lookup/random/time functions): only a release written from other inputs (a changed
+            # record, a hand-run helm) is re-rendered and compared. Saves a render (~45 ms of Go) per
+            # check of the usual, unchanged tenant.
+            if not drift.same_inputs(info.chart_version, stored_values, chart.version, values):
+                rendered = await d.helm.render(str(chart.path), values, release=RELEASE, namespace=ns)
+                found += drift.compare_manifests(drift.parse_manifest(rendered), manifest)
         except chartsrc.UnknownChartVersion as exc:
             log.warning("drift.no_chart", slug=tenant.slug, detail=str(exc))
-        for obj in manifest:
-            meta = obj.get("metadata") or {}
-            try:
-                live = await d.kube.get(obj["apiVersion"], obj["kind"], meta.get("name", ""),
-                                        meta.get("namespace") or ns)
-            except NotFound:  # the API no longer serves the kind
-                live = None
-            found += drift.compare_live(obj, live)
+        live = await self._live(manifest, ns)
+        for obj, current in zip(manifest, live, strict=True):
+            found += drift.compare_live(obj, current)
         return found
+
+    async def _live(self, manifest: list[dict], ns: str) -> list[dict | None]:
+        """The live object of each manifest entry (None: gone), one list per kind and namespace rather
+        than one GET per object (a tenant release has ~30 objects of ~10 kinds)."""
+        groups: dict[tuple[str, str, str], dict[str, dict]] = {}
+        for obj in manifest:
+            key = (obj["apiVersion"], obj["kind"], (obj.get("metadata") or {}).get("namespace") or ns)
+            if key not in groups:
+                try:
+                    items = await self.d.kube.list(*key)
+                except NotFound:  # the API no longer serves the kind
+                    items = []
+                groups[key] = {(i.get("metadata") or {}).get("name", ""): i for i in items}
+        return [groups[(o["apiVersion"], o["kind"], (o.get("metadata") or {}).get("namespace") or ns)]
+                .get((o.get("metadata") or {}).get("name", "")) for o in manifest]
 
     async def _correct(self, tenant: TenantView, applied: Applied, found: list[Drift]) -> int | None:
         """``helm upgrade`` with the rendered values. Fields someone else took over (server-side apply,

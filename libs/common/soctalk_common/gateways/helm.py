@@ -425,6 +425,22 @@ class HelmGateway:
 
         return await self._run(f"helm manifest of release {namespace}/{release}", manifest, None)
 
+    async def stored(self, release: str, namespace: str) -> tuple[ReleaseInfo, dict] | None:
+        """The latest stored revision (with its manifest) and its user-supplied values, from one read of
+        the release record (``helm get all``: no cluster lookups, unlike ``status``); None if the
+        release does not exist."""
+
+        def stored(_: Any) -> tuple[ReleaseInfo, dict]:
+            with self._config(namespace) as cfg:
+                record = cfg.get_all(release)
+            info = ReleaseInfo.from_summary(record.get("summary") or {}, with_manifest=True)
+            return info, dict(record.get("config") or {})
+
+        try:
+            return await self._run(f"helm get of release {namespace}/{release}", stored, None)
+        except NotFound:
+            return None
+
     async def values(self, release: str, namespace: str, revision: int | None = None) -> dict:
         """The user-supplied values of the release (or of one revision)."""
 
