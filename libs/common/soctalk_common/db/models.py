@@ -256,10 +256,9 @@ class HeartbeatState(Base):
     """
 
     __tablename__ = "heartbeat_state"
-    __table_args__ = (
-        Index("ix_heartbeat_state_live", "last_seen",
-              postgresql_where=text("activated_event_id IS NOT NULL AND NOT degraded")),
-    )
+    # No index on last_seen and room on each page: the flush's updates (every heartbeating tenant,
+    # every second) are HOT. The liveness sweep scans the table instead (migration 0007).
+    __table_args__ = {"postgresql_with": {"fillfactor": 50}}
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     chart_applied_at: Mapped[datetime | None] = _ts(nullable=True)
