@@ -72,6 +72,9 @@ def profiler(pid: int, name: str, rate: int = 100) -> Iterator[None]:
     """With ``BENCH_PROFILE=1`` and py-spy available, sample process ``pid`` while the block runs;
     collapsed stacks go to ``bench/results/profile-<name>.txt`` (``bench/profile_top.py`` sums them)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if os.environ.get("BENCH_PROFILE") == "perf":
+        yield  # one system-wide recording per window instead: see ``perf_window``
+        return
     if not PROFILE or not Path(spy).exists():
         yield
         return
@@ -91,10 +94,36 @@ def profiler(pid: int, name: str, rate: int = 100) -> Iterator[None]:
             proc.wait(20)
 
 
+@contextlib.contextmanager
+def perf_window(name: str, roles: dict[str, int] | None = None) -> Iterator[None]:
+    """With ``BENCH_PROFILE=perf`` and Linux ``perf`` on the PATH, record every process on the machine
+    (``cpu-clock`` samples, so it works without hardware counters) while the block runs, into
+    ``bench/results/perf-<name>.data``. Unlike py-spy it sees native frames: the Go code of the Helm SDK,
+    Postgres, nats-server. ``roles`` (name → pid) is written beside it, so ``python -m bench.perf_top``
+    can sum the samples by service."""
+    perf = shutil.which("perf")
+    if os.environ.get("BENCH_PROFILE") != "perf" or perf is None:
+        yield
+        return
+    where = Path(os.environ.get("BENCH_PROFILE_DIR") or RESULTS)
+    where.mkdir(parents=True, exist_ok=True)
+    out = where / f"perf-{name}.data"
+    (where / f"perf-{name}.roles.json").write_text(json.dumps(roles or {}))
+    proc = subprocess.Popen([perf, "record", "-a", "-g", "-e", "cpu-clock", "-F", "199", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        proc.send_signal(2)  # SIGINT: perf writes its file and exits
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(60)
+
+
 async def timed(coro: Any) -> tuple[Any, float]:
     t = time.perf_counter()
     out = await coro
     return out, time.perf_counter() - t
 
 
-__all__ = ["asyncio", "pct", "summary", "servers", "write_results", "timed", "profiler", "FULL", "PROFILE"]
+__all__ = ["asyncio", "pct", "summary", "servers", "write_results", "timed", "profiler", "perf_window", "FULL",
+           "PROFILE"]

@@ -47,7 +47,7 @@ from soctalk_common.gateways.helm import HelmGateway
 from soctalk_common.gateways.kube import KubeGateway
 from soctalk_common.sealing import seal
 
-from bench.common import FULL, profiler, summary
+from bench.common import FULL, perf_window, profiler, summary
 from bench.seed import EXAMPLE, dsn
 from bench.stackrun import dead, devstack, peak_rss_mb
 
@@ -183,6 +183,20 @@ def cpu_by_process(ds: Any) -> dict[str, float]:
         except (psutil.Error, OSError, ValueError):
             pass
     return dict(out)
+
+
+def stack_roles(ds: Any) -> dict[str, int]:
+    """pid of every process of the stack by role (the bench process: emulator, kubelet, adapters)."""
+    roles = {name: p.pid for name, p in ds.procs.items()}
+    roles["bench"] = os.getpid()
+    for srv in getattr(ds, "_owned", []):
+        proc = getattr(srv, "proc", None)
+        if type(srv).__name__ == "NatsServer" and proc is not None:
+            roles["nats-server"] = proc.pid
+        elif type(srv).__name__ == "PostgresServer":
+            with contextlib.suppress(OSError, ValueError):
+                roles["postgres"] = int((srv.data_root / "data" / "postmaster.pid").read_text().split()[0])
+    return roles
 
 
 async def public_key(database_url: str, timeout: float = 60) -> str:  # noqa: ASYNC109
@@ -329,13 +343,15 @@ async def scenario(n: int, kubeconfig: str | None, timeout: float) -> dict[str, 
             template = await HelmGateway(ds.kubeconfig_path).values(RELEASE, f"tenant-{warm_slug}")
             ours_requests = run.requests([f"bench-{i:05d}" for i in range(n)])  # built outside both windows
             c0 = cpu_by_process(ds)
-            raw = await baseline(ds, template, warm[0], warm_slug, n)
+            with perf_window("pipeline-raw", stack_roles(ds)):
+                raw = await baseline(ds, template, warm[0], warm_slug, n)
             c1 = cpu_by_process(ds)
             await remove_baseline(kube, n)
             with contextlib.ExitStack() as spies:  # BENCH_PROFILE=1: every service, while ours runs
                 for name, proc in ds.procs.items():
                     spies.enter_context(profiler(proc.pid, f"pipeline-{name}"))
                 spies.enter_context(profiler(os.getpid(), "pipeline-bench"))  # the emulator, kubelet, adapters
+                spies.enter_context(perf_window("pipeline-ours", stack_roles(ds)))
                 ours_s, ids = await run.provision(ours_requests, timeout)
             c2 = cpu_by_process(ds)
             activated = await run.activations(ids, 120)

@@ -8,8 +8,9 @@
 * ``heartbeat-flush``: the batched ``last_seen`` write, every ``settings.heartbeat_flush_s``
   (``tenants.last_heartbeat_at`` at most once per ``settings.heartbeat_tenant_touch_s`` per tenant);
 * ``heartbeat-liveness``: the silence sweep (TenantDegraded);
-* ``token-cache-refresh``: reloads cached tokens/tenant states every ``token_refresh_s`` (≈1 s), which
-  bounds how long a revocation or decommission can go unseen;
+* ``token-cache-refresh``: every ``token_refresh_s`` (≈1 s) reloads the cached tokens/tenant states the
+  LISTEN connection cannot vouch for (all of them while it is down), which bounds how long a
+  revocation or decommission can go unseen;
 * ``POST /v1/heartbeat/{tenant_id}`` next to /healthz /readyz /metrics.
 
 ``process.runtime.deps`` is the :class:`~soctalk_heartbeat.handlers.HeartbeatDeps` (tests and the CLI
@@ -64,7 +65,8 @@ def bootstrap(settings: Settings, *, uow: UnitOfWorkFactory, bus: Bus, clock: Cl
                              missed_intervals=settings.heartbeat_missed_intervals,
                              flush_s=settings.heartbeat_flush_s)
     deps = HeartbeatDeps(config=config, clock=clock or SystemClock(), uow=uow,
-                         tokens=TokenCache(uow.sessionmaker, max_age_s=max(3.0, 3 * token_refresh_s)),
+                         tokens=TokenCache(uow.sessionmaker, max_age_s=max(3.0, 3 * token_refresh_s),
+                                           refresh_s=token_refresh_s),
                          metrics=HeartbeatMetrics(registry),
                          touches=TenantTouches(settings.heartbeat_tenant_touch_s))
     runtime: ServiceRuntime[HeartbeatDeps] = ServiceRuntime(
@@ -85,6 +87,8 @@ def bootstrap(settings: Settings, *, uow: UnitOfWorkFactory, bus: Bus, clock: Cl
         "soctalk_token_changed": deps.tokens.invalidate_token,
         "soctalk_tenant_changed": deps.tokens.invalidate_tenant,
     })
+    # While the listener works (its pings come back), the refresh re-reads nothing it has vouched for.
+    deps.tokens.freshness = listener.fresh_as_of
 
     return ServiceProcess(
         SERVICE, runtime, settings.nats_url, registry=registry, http_host=http_host,
@@ -94,7 +98,7 @@ def bootstrap(settings: Settings, *, uow: UnitOfWorkFactory, bus: Bus, clock: Cl
             PeriodicTask("heartbeat-flush", lambda: handlers.flush(deps), settings.heartbeat_flush_s),
             PeriodicTask("heartbeat-liveness", lambda: handlers.degrade_silent(deps), liveness_s),
             PeriodicTask("token-cache-refresh", deps.tokens.refresh, token_refresh_s),
-            PeriodicTask("token-invalidation", listener.tick, 1.0),  # LISTEN; reconnects after a loss
+            PeriodicTask("token-invalidation", listener.tick, 1.0),  # LISTEN + ping; reconnects after a loss
         ],
         on_stop=[listener.close, consumer.close, final_flush],
     )

@@ -5,15 +5,22 @@ What callers can rely on:
 * ``ensure(prefixes, tenants)`` loads every prefix/tenant the cache does not hold, or holds for longer
   than ``max_age_s``, in one query per table; afterwards ``record()`` / ``tenant()`` answer from memory.
   A prefix with no row is cached as unknown too (forged tokens cannot turn into a query per message).
-* ``refresh()`` (a periodic task, every ``refresh_s`` ≈ 1 s) reloads every cached token and tenant
-  (``REFRESH_ROWS`` per query) and evicts entries unused for ``idle_s``; unknown prefixes (at most
-  ``max_unknown``, oldest dropped first) are looked up again only when presented after ``max_age_s``.
-  Together with ``max_age_s`` this bounds how long a revocation, expiry change or tenant decommission
-  can go unseen: one refresh period normally, ``max_age_s`` if the refresh loop is failing. If Postgres
-  is down and an entry is too old, ``ensure`` raises and the caller retries the messages later — a
-  stale cache never accepts.
+* ``refresh()`` (a periodic task, every ``refresh_s`` ≈ 1 s) reloads the cached tokens and tenants that
+  are not known to be current (``REFRESH_ROWS`` per query) and evicts entries unused for ``idle_s``;
+  unknown prefixes (at most ``max_unknown``, oldest dropped first) are looked up again only when
+  presented after ``max_age_s``. Together with ``max_age_s`` this bounds how long a revocation, expiry
+  change or tenant decommission can go unseen: about ``2 × refresh_s`` normally, ``max_age_s`` if the
+  refresh loop is failing. If Postgres is down and an entry is too old, ``ensure`` raises and the caller
+  retries the messages later — a stale cache never accepts.
 * Revocation is instant while the LISTEN connection is up: a trigger NOTIFYs every token or tenant-state
   change and ``invalidate_*`` drops the entry, so the very next heartbeat re-reads it.
+* Known to be current (``freshness``, the listener's :meth:`~soctalk_common.notify.PgListener.fresh_as_of`):
+  while the listener works, an entry loaded after it started listening stays current until a
+  notification says otherwise — its confirmation pings prove every earlier change was delivered —
+  so the refresh re-reads nothing. Without a listener, or while it is down, every entry is re-read
+  each refresh, as the bound above requires. A row that did not exist ("no such tenant") is never
+  covered this way: creating one notifies nobody. An invalidation that arrives while a load of the
+  same key is in flight marks what that load returns as stale (it may predate the change).
 * Only public data is held: prefixes, keyed hashes, owners, lifetimes. Never a token.
 * One small slotted entry per token and per tenant; a refresh that finds a row unchanged keeps the
   record it has (no new objects per cached token per second).
@@ -22,7 +29,7 @@ What callers can rely on:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from soctalk_common.db import models as m
@@ -45,14 +52,23 @@ class _Entry:
 
 class TokenCache:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, max_age_s: float = 3.0,
-                 idle_s: float = 600.0, max_unknown: int = 10_000) -> None:
+                 idle_s: float = 600.0, max_unknown: int = 10_000, refresh_s: float = 1.0,
+                 freshness: Callable[[float], float] | None = None) -> None:
+        """``freshness(loaded_at)``: up to when an entry loaded at ``loaded_at`` (``time.monotonic()``,
+        read before its query was sent) is known current (see the module doc); None: only until
+        ``loaded_at``, so every refresh re-reads everything."""
         self.sessionmaker = sessionmaker
         self.max_age_s = max_age_s
         self.idle_s = idle_s
         self.max_unknown = max_unknown
+        self.refresh_s = refresh_s
+        self.freshness = freshness
         self._tokens: dict[str, _Entry] = {}  # prefix → AdapterTokenRecord
         self._unknown: dict[str, float] = {}  # prefix with no row → when that was seen (insertion order)
         self._tenants: dict[str, _Entry] = {}  # tenant id → state (None: no row)
+        self._in_flight = 0  # loads whose query has been sent and whose rows are not stored yet
+        self._raced: set[str] = set()  # keys invalidated while a load was in flight
+        self._evicted_at = float("-inf")
         self.loads = 0  # queries issued (observability and tests)
         self.invalidations = 0
 
@@ -81,11 +97,21 @@ class TokenCache:
         """Forget a prefix now: the next heartbeat presenting it reloads the row before any decision."""
         self._tokens.pop(prefix, None)
         self._unknown.pop(prefix, None)
-        self.invalidations += 1
+        self._invalidated("p:" + prefix)
 
     def invalidate_tenant(self, tenant_id: str) -> None:
         self._tenants.pop(tenant_id, None)
+        self._invalidated("t:" + tenant_id)
+
+    def _invalidated(self, key: str) -> None:
         self.invalidations += 1
+        if self._in_flight:  # a load in flight may return the row as it was before this change
+            self._raced.add(key)
+
+    def _fresh_until(self, e: _Entry) -> float:
+        if self.freshness is None or e.value is None:  # "no such row": creations notify nobody
+            return e.loaded
+        return self.freshness(e.loaded)
 
     # -- loading ----------------------------------------------------------------------------------
     async def ensure(self, prefixes: Iterable[str], tenants: Iterable[str] = ()) -> None:
@@ -97,31 +123,55 @@ class TokenCache:
             await self._load_tokens(want_p)
         owners = {e.value.tenant_id for p in prefixes if (e := self._tokens.get(p)) is not None}
         want_t = {t for t in {*owners, *tenants}
-                  if (e := self._tenants.get(t)) is None or now - e.loaded > self.max_age_s}
+                  if (e := self._tenants.get(t)) is None or now - self._fresh_until(e) > self.max_age_s}
         if want_t:
             await self._load_tenants(want_t)
 
     async def refresh(self) -> None:
-        """Reload every cached token and tenant (revocations take effect), forget what nobody used
-        lately. Unknown prefixes are not refreshed: they are looked up again when next presented."""
+        """Reload the cached tokens and tenants not known to be current (revocations take effect),
+        forget what nobody used lately. Unknown prefixes are not refreshed: they are looked up again
+        when next presented."""
         now = time.monotonic()
-        for table in (self._tokens, self._tenants):
-            for k in [k for k, e in table.items() if now - e.used > self.idle_s]:
-                del table[k]
+        if now - self._evicted_at >= min(60.0, self.idle_s / 10):  # idle entries: no hurry
+            self._evicted_at = now
+            for table in (self._tokens, self._tenants):
+                for k in [k for k, e in table.items() if now - e.used > self.idle_s]:
+                    del table[k]
+        if self.freshness is None:
+            tokens, tenants = list(self._tokens), list(self._tenants)
+        else:  # what the listener cannot vouch for lately (all of it while it is down)
+            horizon = now - 2 * self.refresh_s
+            tokens = [k for k, e in self._tokens.items() if self._fresh_until(e) < horizon]
+            tenants = [k for k, e in self._tenants.items() if self._fresh_until(e) < horizon]
         # In slices: with tens of thousands of cached tenants, one query per table would build (and
         # drop) that many rows every second; slices keep the transient memory of a refresh small.
-        tokens = list(self._tokens)
         for i in range(0, len(tokens), REFRESH_ROWS):
             await self._load_tokens(set(tokens[i:i + REFRESH_ROWS]))
-        tenants = list(self._tenants)
         for i in range(0, len(tenants), REFRESH_ROWS):
             await self._load_tenants(set(tenants[i:i + REFRESH_ROWS]))
 
     def _loaded(self, prefix: str) -> float:
         e = self._tokens.get(prefix)
         if e is not None:
-            return e.loaded
+            return self._fresh_until(e)
         return self._unknown.get(prefix, float("-inf"))
+
+    async def _query(self, stmt: Any) -> tuple[float, list[Any], set[str]]:
+        """Run a load: (clock read before it was sent, its rows, keys invalidated meanwhile)."""
+        started = time.monotonic()
+        self._in_flight += 1
+        try:
+            async with self.sessionmaker() as s:
+                rows = list((await s.execute(stmt)).all())
+        finally:
+            self._in_flight -= 1
+            raced = self._raced
+            if not self._in_flight:
+                self._raced = set()
+            else:
+                raced = set(raced)
+        self.loads += 1
+        return started, rows, raced
 
     async def _load_tokens(self, prefixes: set[str]) -> None:
         t = m.AdapterToken
@@ -130,23 +180,25 @@ class TokenCache:
         stmt = select(t.prefix, t.token_hash, cast(t.tenant_id, String).label("tenant_id"), t.created_at,
                       t.version_label, t.expires_at, t.revoked_at
                       ).where(t.prefix == any_(bindparam("p", sorted(prefixes), type_=ARRAY(String))))
-        async with self.sessionmaker() as s:
-            found = {r[0]: r for r in (await s.execute(stmt)).all()}
-        self.loads += 1
+        started, rows, raced = await self._query(stmt)
+        found = {r[0]: r for r in rows}
         now = time.monotonic()
         for p in prefixes:
             row = found.get(p)
+            # Entries are dated by when their query was sent (what ``freshness`` reasons about); a row
+            # that raced an invalidation is dated never, so the next ``ensure`` reads it again.
+            loaded = float("-inf") if "p:" + p in raced else started
             if row is not None:
                 old = self._tokens.get(p)
                 if old is not None and _same(old.value, row):
-                    old.loaded = now  # unchanged: keep the record
+                    old.loaded = loaded  # unchanged: keep the record
                 else:
-                    self._tokens[p] = _Entry(_record(row), now, old.used if old else now)
+                    self._tokens[p] = _Entry(_record(row), loaded, old.used if old else now)
                 self._unknown.pop(p, None)
             else:  # deleted, or never existed (forged): remember briefly, bounded
                 self._tokens.pop(p, None)
                 self._unknown.pop(p, None)
-                self._unknown[p] = now
+                self._unknown[p] = loaded
         while len(self._unknown) > self.max_unknown:
             del self._unknown[next(iter(self._unknown))]
 
@@ -154,19 +206,19 @@ class TokenCache:
         # Ids travel as text both ways (Postgres casts): no UUID object is built per tenant per refresh.
         ids = cast(bindparam("t", sorted(tenant_ids), type_=ARRAY(String)), ARRAY(UUID(as_uuid=True)))
         stmt = select(cast(m.Tenant.id, String), m.Tenant.state).where(m.Tenant.id == any_(ids))
-        async with self.sessionmaker() as s:
-            found = {r[0]: r[1] for r in (await s.execute(stmt)).all()}
-        self.loads += 1
+        started, rows, raced = await self._query(stmt)
+        found = {r[0]: r[1] for r in rows}
         now = time.monotonic()
         for t in tenant_ids:
             old = self._tenants.get(t)
             state = found.get(t)
+            loaded = float("-inf") if "t:" + t in raced else started
             if old is None:
-                self._tenants[t] = _Entry(state, now, now)
+                self._tenants[t] = _Entry(state, loaded, now)
             else:
                 if old.value != state:  # unchanged: keep the object we hold (no churn per second)
                     old.value = state
-                old.loaded = now
+                old.loaded = loaded
 
 
 def _same(rec: AdapterTokenRecord, row: Any) -> bool:
