@@ -106,7 +106,7 @@ async def test_a_working_listener_vouches_for_the_cache_and_a_lost_one_does_not(
     cache = TokenCache(sessionmaker, max_age_s=3.0, refresh_s=0.05)
     listener = PgListener(database_url, {"soctalk_token_changed": cache.invalidate_token,
                                          "soctalk_tenant_changed": cache.invalidate_tenant})
-    cache.freshness = listener.fresh_as_of
+    cache.coverage = listener.coverage
     try:
         await listener.tick()  # connects and LISTENs
         assert listener.connected
@@ -182,7 +182,7 @@ async def test_an_invalidation_during_a_load_leaves_that_row_stale(uow, sessionm
     cache = TokenCache(gated, max_age_s=3600.0, refresh_s=3600.0)  # type: ignore[arg-type]
     listener = PgListener(database_url, {"soctalk_token_changed": cache.invalidate_token,
                                          "soctalk_tenant_changed": cache.invalidate_tenant})
-    cache.freshness = listener.fresh_as_of
+    cache.coverage = listener.coverage
     try:
         await listener.tick()
 

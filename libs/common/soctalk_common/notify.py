@@ -28,6 +28,13 @@ import asyncpg
 PING_DEADLINE_S = 10.0
 
 
+def fresh_as_of(coverage: tuple[float, float] | None, loaded_at: float) -> float:
+    """See :meth:`PgListener.fresh_as_of`; ``coverage`` is one reading of :meth:`PgListener.coverage`."""
+    if coverage is not None and loaded_at >= coverage[0]:
+        return max(loaded_at, coverage[1])
+    return loaded_at
+
+
 class PgListener:
     def __init__(self, database_url: str, handlers: dict[str, Callable[[str], None]], *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -49,13 +56,18 @@ class PgListener:
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.is_closed() and not self._lost.is_set()
 
+    def coverage(self) -> tuple[float, float] | None:
+        """``(since, confirmed)`` while connected: a value read by a query sent at or after ``since``
+        (``clock`` time) is known current up to ``confirmed``, barring a notification about it."""
+        if self._since is None or not self.connected:
+            return None
+        return self._since, self._confirmed
+
     def fresh_as_of(self, loaded_at: float) -> float:
-        """Up to when a value read by a query sent at ``loaded_at`` (``clock`` time) is known current,
-        barring a notification about it: the last confirmed ping when the query was sent while this
-        connection listened, else ``loaded_at`` itself."""
-        if self.connected and self._since is not None and loaded_at >= self._since:
-            return max(loaded_at, self._confirmed)
-        return loaded_at
+        """Up to when a value read by a query sent at ``loaded_at`` is known current, barring a
+        notification about it: the last confirmed ping when the query was sent while this connection
+        listened, else ``loaded_at`` itself."""
+        return fresh_as_of(self.coverage(), loaded_at)
 
     async def tick(self) -> None:
         if not self.connected:

@@ -88,7 +88,7 @@ def bootstrap(settings: Settings, *, uow: UnitOfWorkFactory, bus: Bus, clock: Cl
         "soctalk_tenant_changed": deps.tokens.invalidate_tenant,
     })
     # While the listener works (its pings come back), the refresh re-reads nothing it has vouched for.
-    deps.tokens.freshness = listener.fresh_as_of
+    deps.tokens.coverage = listener.coverage
 
     return ServiceProcess(
         SERVICE, runtime, settings.nats_url, registry=registry, http_host=http_host,

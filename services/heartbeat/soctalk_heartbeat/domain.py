@@ -14,6 +14,7 @@ No I/O here; every function is table-tested in ``tests/unit/test_heartbeat_domai
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -118,6 +119,20 @@ def health_of(hb: ev.AdapterHeartbeat) -> dict[str, Any]:
         "adapter_version": hb.adapter_version,
         "status": hb.status,
         "components": {name: {"status": c.status, "message": c.message} for name, c in hb.components.items()},
+    }
+
+
+def health_of_body(body: bytes) -> dict[str, Any]:
+    """``health_of`` of a body that already passed ``AdapterHeartbeat`` validation, read with the
+    stdlib JSON parser: the flush needs these three fields of every buffered heartbeat, and a second
+    full model validation cost about three times as much. Equal to ``health_of(parse(body))`` for
+    every valid body (the model coerces none of these fields; a property test holds it to that)."""
+    doc = json.loads(body)
+    comps = doc.get("components") or {}
+    return {
+        "adapter_version": doc["adapter_version"],
+        "status": doc["status"],
+        "components": {name: {"status": c["status"], "message": c.get("message", "")} for name, c in comps.items()},
     }
 
 

@@ -151,10 +151,10 @@ async def flush(deps: HeartbeatDeps) -> int:
     for i in range(0, len(items), FLUSH_ROWS):
         chunk = dict(items[i:i + FLUSH_ROWS])
         try:
-            # Each buffered body is parsed here once (it was valid when verified), not kept as a model.
+            # Each buffered body is read here once (it was validated when verified), not kept as a model.
             # The tenant row (last_heartbeat_at, read by the API) only when ours is tenant_touch_s old.
             touch = {t: touches.due(t, p.seen_at) for t, p in chunk.items()}
-            rows = ((t, p.seen_at, domain.health_of(_heartbeat(p)), touch[t]) for t, p in chunk.items())
+            rows = ((t, p.seen_at, domain.health_of_body(p.body), touch[t]) for t, p in chunk.items())
             result = await store.flush_last_seen(deps.uow.sessionmaker, rows)
         except BaseException:
             deps.buffer.restore(dict(items[i:]))  # this slice and the rest: next time

@@ -14,7 +14,7 @@ What callers can rely on:
   retries the messages later — a stale cache never accepts.
 * Revocation is instant while the LISTEN connection is up: a trigger NOTIFYs every token or tenant-state
   change and ``invalidate_*`` drops the entry, so the very next heartbeat re-reads it.
-* Known to be current (``freshness``, the listener's :meth:`~soctalk_common.notify.PgListener.fresh_as_of`):
+* Known to be current (``coverage``, the listener's :meth:`~soctalk_common.notify.PgListener.coverage`):
   while the listener works, an entry loaded after it started listening stays current until a
   notification says otherwise — its confirmation pings prove every earlier change was delivered —
   so the refresh re-reads nothing. Without a listener, or while it is down, every entry is re-read
@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from soctalk_common.db import models as m
+from soctalk_common.notify import fresh_as_of
 from soctalk_secrets.domain import AdapterTokenRecord
 from sqlalchemy import String, any_, bindparam, cast, select
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
@@ -53,16 +54,16 @@ class _Entry:
 class TokenCache:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, max_age_s: float = 3.0,
                  idle_s: float = 600.0, max_unknown: int = 10_000, refresh_s: float = 1.0,
-                 freshness: Callable[[float], float] | None = None) -> None:
-        """``freshness(loaded_at)``: up to when an entry loaded at ``loaded_at`` (``time.monotonic()``,
-        read before its query was sent) is known current (see the module doc); None: only until
-        ``loaded_at``, so every refresh re-reads everything."""
+                 coverage: Callable[[], tuple[float, float] | None] | None = None) -> None:
+        """``coverage()``: what the LISTEN connection vouches for right now (see the module doc and
+        :func:`soctalk_common.notify.fresh_as_of`); entries are dated by ``time.monotonic()`` read
+        before their query was sent. None: nothing is vouched for, every refresh re-reads everything."""
         self.sessionmaker = sessionmaker
         self.max_age_s = max_age_s
         self.idle_s = idle_s
         self.max_unknown = max_unknown
         self.refresh_s = refresh_s
-        self.freshness = freshness
+        self.coverage = coverage
         self._tokens: dict[str, _Entry] = {}  # prefix → AdapterTokenRecord
         self._unknown: dict[str, float] = {}  # prefix with no row → when that was seen (insertion order)
         self._tenants: dict[str, _Entry] = {}  # tenant id → state (None: no row)
@@ -108,22 +109,28 @@ class TokenCache:
         if self._in_flight:  # a load in flight may return the row as it was before this change
             self._raced.add(key)
 
-    def _fresh_until(self, e: _Entry) -> float:
-        if self.freshness is None or e.value is None:  # "no such row": creations notify nobody
+    def _coverage(self) -> tuple[float, float] | None:
+        return self.coverage() if self.coverage is not None else None
+
+    @staticmethod
+    def _fresh_until(e: _Entry, coverage: tuple[float, float] | None) -> float:
+        if e.value is None:  # "no such row": creating one notifies nobody
             return e.loaded
-        return self.freshness(e.loaded)
+        return fresh_as_of(coverage, e.loaded)
 
     # -- loading ----------------------------------------------------------------------------------
     async def ensure(self, prefixes: Iterable[str], tenants: Iterable[str] = ()) -> None:
         """Make sure every given prefix (and its owner) and tenant is cached and fresh."""
         prefixes = set(prefixes)
         now = time.monotonic()
-        want_p = {p for p in prefixes if now - self._loaded(p) > self.max_age_s}
+        cov = self._coverage()
+        want_p = {p for p in prefixes if now - self._loaded(p, cov) > self.max_age_s}
         if want_p:
             await self._load_tokens(want_p)
         owners = {e.value.tenant_id for p in prefixes if (e := self._tokens.get(p)) is not None}
+        cov = self._coverage()
         want_t = {t for t in {*owners, *tenants}
-                  if (e := self._tenants.get(t)) is None or now - self._fresh_until(e) > self.max_age_s}
+                  if (e := self._tenants.get(t)) is None or now - self._fresh_until(e, cov) > self.max_age_s}
         if want_t:
             await self._load_tenants(want_t)
 
@@ -137,12 +144,13 @@ class TokenCache:
             for table in (self._tokens, self._tenants):
                 for k in [k for k, e in table.items() if now - e.used > self.idle_s]:
                     del table[k]
-        if self.freshness is None:
+        cov = self._coverage()
+        if cov is None:
             tokens, tenants = list(self._tokens), list(self._tenants)
-        else:  # what the listener cannot vouch for lately (all of it while it is down)
+        else:  # what the listener cannot vouch for lately (all of it while its pings do not come back)
             horizon = now - 2 * self.refresh_s
-            tokens = [k for k, e in self._tokens.items() if self._fresh_until(e) < horizon]
-            tenants = [k for k, e in self._tenants.items() if self._fresh_until(e) < horizon]
+            tokens = [k for k, e in self._tokens.items() if self._fresh_until(e, cov) < horizon]
+            tenants = [k for k, e in self._tenants.items() if self._fresh_until(e, cov) < horizon]
         # In slices: with tens of thousands of cached tenants, one query per table would build (and
         # drop) that many rows every second; slices keep the transient memory of a refresh small.
         for i in range(0, len(tokens), REFRESH_ROWS):
@@ -150,10 +158,10 @@ class TokenCache:
         for i in range(0, len(tenants), REFRESH_ROWS):
             await self._load_tenants(set(tenants[i:i + REFRESH_ROWS]))
 
-    def _loaded(self, prefix: str) -> float:
+    def _loaded(self, prefix: str, coverage: tuple[float, float] | None) -> float:
         e = self._tokens.get(prefix)
         if e is not None:
-            return self._fresh_until(e)
+            return self._fresh_until(e, coverage)
         return self._unknown.get(prefix, float("-inf"))
 
     async def _query(self, stmt: Any) -> tuple[float, list[Any], set[str]]:
@@ -185,7 +193,7 @@ class TokenCache:
         now = time.monotonic()
         for p in prefixes:
             row = found.get(p)
-            # Entries are dated by when their query was sent (what ``freshness`` reasons about); a row
+            # Entries are dated by when their query was sent (what ``coverage`` reasons about); a row
             # that raced an invalidation is dated never, so the next ``ensure`` reads it again.
             loaded = float("-inf") if "p:" + p in raced else started
             if row is not None:
