@@ -99,17 +99,24 @@ def perf_window(name: str, roles: dict[str, int] | None = None) -> Iterator[None
     """With ``BENCH_PROFILE=perf`` and Linux ``perf`` on the PATH, record every process on the machine
     (``cpu-clock`` samples, so it works without hardware counters) while the block runs, into
     ``bench/results/perf-<name>.data``. Unlike py-spy it sees native frames: the Go code of the Helm SDK,
-    Postgres, nats-server. ``roles`` (name → pid) is written beside it, so ``python -m bench.perf_top``
-    can sum the samples by service."""
+    Postgres, nats-server. ``BENCH_PROFILE=syscalls`` records every socket write instead (one sample
+    each). ``roles`` (name → pid) is written beside it, so ``python -m bench.perf_top`` can sum the
+    samples by service."""
     perf = shutil.which("perf")
-    if os.environ.get("BENCH_PROFILE") != "perf" or perf is None:
+    mode = os.environ.get("BENCH_PROFILE")
+    if mode not in ("perf", "syscalls") or perf is None:
         yield
         return
+    # syscalls: one sample per socket write (the round trips each process pays; loopback TCP costs
+    # ~40 µs of CPU per message on each side on these machines), no call graphs.
+    events = (["-e", "syscalls:sys_enter_sendto", "-e", "syscalls:sys_enter_write", "-e",
+               "syscalls:sys_enter_writev", "-e", "syscalls:sys_enter_sendmsg"] if mode == "syscalls"
+              else ["-g", "-e", "cpu-clock", "-F", "199"])
     where = Path(os.environ.get("BENCH_PROFILE_DIR") or RESULTS)
     where.mkdir(parents=True, exist_ok=True)
     out = where / f"perf-{name}.data"
     (where / f"perf-{name}.roles.json").write_text(json.dumps(roles or {}))
-    proc = subprocess.Popen([perf, "record", "-a", "-g", "-e", "cpu-clock", "-F", "199", "-o", str(out)],
+    proc = subprocess.Popen([perf, "record", "-a", *events, "-o", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield

@@ -45,6 +45,7 @@ from soctalk_common import events as ev
 from soctalk_common.bus import Bus
 from soctalk_common.gateways.helm import HelmGateway
 from soctalk_common.gateways.kube import KubeGateway
+from soctalk_common.memory import helm_go_env
 from soctalk_common.sealing import seal
 
 from bench.common import FULL, perf_window, profiler, summary
@@ -307,13 +308,20 @@ async def baseline(ds: Any, template: dict[str, Any], warm_id: str, warm_slug: s
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.helm_direct", ds.kubeconfig_path, chart, f.name,
-            stdout=asyncio.subprocess.PIPE, env=dict(os.environ, KUBECONFIG=ds.kubeconfig_path))
+            stdout=asyncio.subprocess.PIPE, env=raw_env(ds))
         out, _ = await proc.communicate()
     finally:
         os.unlink(f.name)
     if proc.returncode != 0:
         raise RuntimeError(f"helm_direct exited with {proc.returncode}")
     return json.loads(out.decode().strip().splitlines()[-1])
+
+
+def raw_env(ds: Any) -> dict[str, str]:
+    """The baseline's environment: the same Go runtime settings as the helm-runner's (GOGC), so the
+    ratio compares the pipeline with the same Helm, not a tuned Helm with an untuned one."""
+    env = dict(os.environ, KUBECONFIG=ds.kubeconfig_path)
+    return env | helm_go_env(env)
 
 
 async def remove_baseline(kube: KubeGateway, n: int) -> None:

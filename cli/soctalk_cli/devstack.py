@@ -23,6 +23,7 @@ from pathlib import Path
 
 from soctalk_common import stack
 from soctalk_common.db.migrate import upgrade_async
+from soctalk_common.memory import helm_go_env
 
 SERVICES: list[tuple[str, str]] = [
     ("relay", "soctalk_common.relay"),
@@ -139,6 +140,8 @@ class DevStack:
         port = {"api": self.api_port, "heartbeat": self.heartbeat_port}.get(name) or self.ports.setdefault(
             name, stack.free_port())
         env = self.env() | {"SOCTALK_HTTP_PORT": str(port), "SOCTALK_SERVICE": name}
+        if name == "helm-runner":  # as the system chart sets them: read by the Helm SDK at process start
+            env |= helm_go_env(env)
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -596,6 +596,28 @@ def test_system_chart_runs_every_service_under_its_own_account(name: str) -> Non
     } <= accounts
 
 
+def test_the_helm_runner_gets_the_go_runtime_settings_in_its_environment() -> None:
+    """The Helm SDK's Go runtime reads GOGC/GOMEMLIMIT at process start only: the chart must put them
+    in the helm-runner container's environment (the same default as ``soctalk dev up``), and only there."""
+    from soctalk_common.memory import HELM_GO_ENV
+
+    name = SYSTEM_NAMES[0]
+    deps = by_kind(objects(SYSTEM, name), "Deployment")
+    runner = env_of(deps["soctalk-helm-runner"]["spec"]["template"]["spec"]["containers"][0])
+    assert {k: runner[k]["value"] for k in HELM_GO_ENV} == HELM_GO_ENV and "GOMEMLIMIT" not in runner
+    for service in SERVICES:
+        if service != "helm-runner":
+            c = deps[f"soctalk-{service}"]["spec"]["template"]["spec"]["containers"][0]
+            assert "GOGC" not in env_of(c)
+    values = _set(SYSTEM_SETS[name], ("services", "helmRunner", "goMemLimit"), "1GiB")
+    values = _set(values, ("services", "helmRunner", "goGC"), 100)
+    deps = by_kind(charts.render_objects(SYSTEM, values), "Deployment")
+    runner = env_of(deps["soctalk-helm-runner"]["spec"]["template"]["spec"]["containers"][0])
+    assert runner["GOGC"]["value"] == "100" and runner["GOMEMLIMIT"]["value"] == "1GiB"
+    with pytest.raises(ValidationFailed, match=r"\$\.services\.helmRunner\.goMemLimit"):
+        charts.render_objects(SYSTEM, _set(SYSTEM_SETS[name], ("services", "helmRunner", "goMemLimit"), "lots"))
+
+
 @pytest.mark.parametrize("name", SYSTEM_NAMES)
 def test_system_chart_renders_no_secret_and_no_literal_credentials(name: str) -> None:
     objs = objects(SYSTEM, name)

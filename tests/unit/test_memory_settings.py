@@ -63,3 +63,10 @@ def test_tune_process_raises_the_first_generation_gc_threshold() -> None:
         assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
     finally:
         gc.set_threshold(*before)
+
+
+def test_the_helm_go_settings_yield_to_the_operator() -> None:
+    from soctalk_common.memory import HELM_GO_ENV, helm_go_env
+
+    assert helm_go_env({}) == HELM_GO_ENV == {"GOGC": "200"}
+    assert helm_go_env({"GOGC": "50"}) == {}  # set by whoever started us: kept

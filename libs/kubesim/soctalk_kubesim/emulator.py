@@ -346,7 +346,7 @@ class KubeEmulator:
                 raise ApiError(415, "UnsupportedMediaType",
                                f"the body of the request was in an unknown format: {request.content_type}")
             force = q.get("force", "").lower() in ("true", "1")
-            existed = _exists(store, kind, namespace, name)
+            existed = store.exists(kind, namespace, name)
             obj = store.patch(kind, namespace, name, patch_type, await _body(request), subresource=sub,
                               manager=q.get("fieldManager"), force=force, dry_run=dry_run)
             return _json(obj, 200 if existed else 201)
@@ -445,14 +445,6 @@ def _or_404(doc: dict | None, path: str) -> dict:
 
 def _and(*matchers: Any) -> Any:
     return lambda obj: all(m(obj) for m in matchers)
-
-
-def _exists(store: Store, kind: Kind, namespace: str | None, name: str) -> bool:
-    try:
-        store.get(kind, namespace, name)
-    except ApiError:
-        return False
-    return True
 
 
 class _YAML_LOADER(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]  # noqa: N801

@@ -4,6 +4,12 @@ One ``Store`` lives on the emulator's event loop and is only touched from it. It
 ``uid``/``resourceVersion``/``creationTimestamp``/``generation``, enforces optimistic concurrency,
 keeps the status subresource separate from the main resource, honours finalizers, runs the
 namespace controller's cleanup, and feeds watchers from a bounded event history.
+
+Stored objects are immutable once committed: every write builds a new object (sharing the parts it
+does not change with the old one) and replaces the stored one. So the history, watch events and
+answers can hand out the stored objects themselves, behind a shallow ``_view`` that adds
+``apiVersion``/``kind``; only code that edits an object (patches) deep-copies it first. Copying every
+object on every read and write was most of the emulator's CPU after HTTP itself.
 """
 
 from __future__ import annotations
@@ -91,9 +97,13 @@ class Store:
         return self._objects.setdefault((kind.group, kind.plural), {})
 
     def _view(self, kind: Kind, obj: dict) -> dict:
-        out = clone(obj)
+        """The stored object as served: shallow (read it, serialise it; never edit it in place)."""
+        out = dict(obj)
         out["apiVersion"], out["kind"] = kind.api_version, kind.kind
         return out
+
+    def exists(self, kind: Kind, namespace: str | None, name: str) -> bool:
+        return (namespace or "", name) in self._bucket(kind)
 
     @property
     def resource_version(self) -> str:
@@ -154,7 +164,7 @@ class Store:
             self._applied.pop((kind.group, kind.plural, *key), None)
         else:
             self._bucket(kind)[key] = obj
-        stored = clone(obj)
+        stored = obj  # immutable from here on (see the module doc)
         self._history.append((self._rv, (kind.group, kind.plural), event_type, stored))
         for watcher in list(self._watchers):
             if (watcher.kind.group, watcher.kind.plural) == (kind.group, kind.plural):
@@ -185,8 +195,10 @@ class Store:
         obj["metadata"]["namespace"] = namespace
         return namespace
 
-    def create(self, kind: Kind, namespace: str | None, obj: dict, *, dry_run: bool = False) -> dict:
-        obj = clone(obj)
+    def create(self, kind: Kind, namespace: str | None, obj: dict, *, dry_run: bool = False,
+               owned: bool = False) -> dict:
+        """``owned``: ``obj`` was built for this call and nothing else refers to it (no copy needed)."""
+        obj = obj if owned else clone(obj)
         if not isinstance(obj, dict) or not isinstance(obj.get("metadata", {}), dict):
             raise ApiError(400, "BadRequest", "the request body is not an object")
         meta = obj.setdefault("metadata", {})
@@ -243,12 +255,13 @@ class Store:
             obj.setdefault("status", {})
 
     def update(self, kind: Kind, namespace: str | None, name: str, new: dict, *,
-               subresource: str | None = None, dry_run: bool = False) -> dict:
+               subresource: str | None = None, dry_run: bool = False, owned: bool = False) -> dict:
+        """``owned``: ``new`` was built for this call and nothing else refers to it (no copy needed)."""
         key = (namespace or "", name)
         old = self._bucket(kind).get(key)
         if old is None:
             raise not_found(kind, name)
-        new = clone(new)
+        new = new if owned else clone(new)
         if not isinstance(new, dict):
             raise ApiError(400, "BadRequest", "the request body is not an object")
         new_meta = new.setdefault("metadata", {})
@@ -260,10 +273,8 @@ class Store:
                            f'Operation cannot be fulfilled on {kind.group_resource} "{name}": the object '
                            "has been modified; please apply your changes to the latest version and try again",
                            {"name": name, "group": kind.group, "kind": kind.plural})
-        if subresource == "status":
-            merged = clone(old)
-            merged["status"] = new.get("status", {})
-            new = merged
+        if subresource == "status":  # the stored spec is shared, not copied: nothing edits it
+            new = {**old, "metadata": dict(old["metadata"]), "status": new.get("status", {})}
         else:
             for immutable in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
                 if immutable in old["metadata"]:
@@ -277,7 +288,7 @@ class Store:
                 new_meta.pop("namespace", None)
             new_meta.pop("managedFields", None)
             if kind.status_subresource:
-                new["status"] = clone(old.get("status", {}))
+                new["status"] = old.get("status", {})
             if kind.kind == "Secret":
                 self._default(kind, new)
             if kind.kind == "Namespace":
@@ -323,16 +334,18 @@ class Store:
                                "causes": [{"reason": "FieldManagerConflict", "message": m, "field": p}
                                           for p, m in exc.conflicts]}) from exc
             if live is None:
-                obj = self.create(kind, namespace, result, dry_run=dry_run)
+                obj = self.create(kind, namespace, result, dry_run=dry_run, owned=True)
             else:
+                result["metadata"] = dict(result["metadata"])
                 result["metadata"].pop("resourceVersion", None)
-                obj = self.update(kind, namespace, name, result, subresource=subresource, dry_run=dry_run)
+                obj = self.update(kind, namespace, name, result, subresource=subresource, dry_run=dry_run,
+                                  owned=True)
             if not dry_run:
                 self._applied[applied_key] = applied
             return obj
         if live is None:
             raise not_found(kind, name)
-        current = self._view(kind, live)
+        current = clone(self._view(kind, live))  # the patch functions edit it in place
         try:
             if patch_type == "json":
                 result = patching.json_patch(current, body)
@@ -346,7 +359,9 @@ class Store:
             raise ApiError(422, "Invalid", f'{kind.kind} "{name}" patch is invalid: {exc}') from exc
         if not isinstance(body, dict) or "resourceVersion" not in (body.get("metadata") or {}):
             result.setdefault("metadata", {})["resourceVersion"] = live["metadata"]["resourceVersion"]
-        return self.update(kind, namespace, name, result, subresource=subresource, dry_run=dry_run)
+        # ``result`` may share values with the request body (patch functions insert them), and the
+        # body is this request's own: no copy needed.
+        return self.update(kind, namespace, name, result, subresource=subresource, dry_run=dry_run, owned=True)
 
     def delete(self, kind: Kind, namespace: str | None, name: str, *, dry_run: bool = False) -> dict:
         key = (namespace or "", name)
