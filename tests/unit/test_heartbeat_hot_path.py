@@ -243,3 +243,70 @@ def test_the_tenant_row_is_due_once_per_interval_from_the_value_last_written() -
     assert not touches.due(t, NOW + timedelta(seconds=29))
     touches.forget(t)
     assert touches.due(t, NOW + timedelta(seconds=1)) and len(touches) == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# the token cache's freshness rule on the hot path ≡ the rule per entry
+# ------------------------------------------------------------------------------------------------
+
+_ago = st.sampled_from([0.0, 1.0, 2.9, 3.0, 3.1, 5.0, 10.0, 100.0])  # seconds before now, edges included
+
+
+@settings(max_examples=500, deadline=None)
+@given(entries=st.lists(st.tuples(_ago, st.booleans(), st.booleans()), max_size=8),
+       unknown=st.lists(_ago, max_size=4),
+       coverage=st.one_of(st.none(), st.tuples(_ago, _ago)))
+def test_ensure_loads_exactly_what_is_not_known_current(entries, unknown, coverage) -> None:  # type: ignore[no-untyped-def]
+    """``ensure`` decides per batch with two cut-offs; the reference is ``now - fresh_as_of(coverage,
+    loaded) > max_age_s`` per entry (and plain age for what has no row)."""
+    import asyncio
+    from unittest import mock
+
+    from soctalk_common.notify import fresh_as_of
+    from soctalk_heartbeat import tokens as tk
+
+    now = 1000.0
+    entries = [(now - ago, has_row, token) for ago, has_row, token in entries]
+    unknown = [now - ago for ago in unknown]
+    coverage = None if coverage is None else (now - coverage[0], now - coverage[1])
+
+    cache = tk.TokenCache(None, max_age_s=3.0, coverage=lambda: coverage)  # type: ignore[arg-type]
+    want_p, want_t = set(), set()
+    for i, (loaded, has_row, token) in enumerate(entries):
+        key = f"k{i:02d}"
+        if token:
+            rec = replace(_record, tenant_id=f"t{i:02d}") if has_row else None
+            if rec is None:
+                cache._unknown[key] = loaded
+                stale = now - loaded > 3.0
+            else:
+                cache._tokens[key] = tk._Entry(rec, loaded, 0.0)
+                cache._tenants[rec.tenant_id] = tk._Entry("active", now, 0.0)  # its owner: fresh
+                stale = now - fresh_as_of(coverage, loaded) > 3.0
+            if stale:
+                want_p.add(key)
+        else:
+            cache._tenants[key] = tk._Entry("active" if has_row else None, loaded, 0.0)
+            ref = fresh_as_of(coverage, loaded) if has_row else loaded
+            if now - ref > 3.0:
+                want_t.add(key)
+    for j, seen in enumerate(unknown):
+        cache._unknown[f"u{j}"] = seen
+        if now - seen > 3.0:
+            want_p.add(f"u{j}")
+    asked: dict[str, set[str]] = {}
+
+    async def load_tokens(ps: set[str]) -> None:
+        asked["p"] = ps
+
+    async def load_tenants(ts: set[str]) -> None:
+        asked["t"] = ts
+
+    cache._load_tokens = load_tokens  # type: ignore[method-assign]
+    cache._load_tenants = load_tenants  # type: ignore[method-assign]
+    prefixes = [k for k in cache._tokens] + list(cache._unknown)
+    tenants = [k for k in cache._tenants if k.startswith("k")]
+    with mock.patch.object(tk.time, "monotonic", return_value=now):
+        asyncio.run(cache.ensure(prefixes, tenants))
+    assert asked.get("p", set()) == want_p
+    assert asked.get("t", set()) == want_t

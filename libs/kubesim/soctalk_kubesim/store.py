@@ -78,6 +78,10 @@ class Store:
         self.kinds = kinds
         self._schedule = schedule  # run a callback later on the store's loop
         self._objects: dict[tuple[str, str], dict[tuple[str, str], dict]] = {}
+        # (group, plural) → namespace → names: a namespaced list reads its namespace only, as the API
+        # server's range read over one etcd prefix does (a scan of every namespace made each list cost
+        # grow with the whole cluster: quadratic over an onboarding run).
+        self._names: dict[tuple[str, str], dict[str, set[str]]] = {}
         self._applied: dict[tuple, dict[str, dict]] = {}  # server-side apply: manager -> config
         self._rv = 0
         self._history: deque[tuple[int, tuple[str, str], str, dict]] = deque(maxlen=history)
@@ -119,7 +123,11 @@ class Store:
         # Filter by namespace before sorting: a real API server does not charge one namespace's list
         # for every other namespace's objects (sorting all of them first cost ~5 ms per list at 13k).
         bucket = self._bucket(kind)
-        keys = sorted(k for k in bucket if not namespace or k[0] == namespace)
+        if namespace:
+            names = self._names.get((kind.group, kind.plural), {}).get(namespace, ())
+            keys = [(namespace, n) for n in sorted(names)]
+        else:
+            keys = sorted(bucket)
         return [obj for obj in (self._view(kind, bucket[k]) for k in keys) if matches(obj)]
 
     # --- watching -----------------------------------------------------------------------------
@@ -159,11 +167,18 @@ class Store:
         meta = obj["metadata"]
         meta["resourceVersion"] = str(self._rv)
         key = (meta.get("namespace", ""), meta["name"])
+        names = self._names.setdefault((kind.group, kind.plural), {})
         if event_type == "DELETED":
             self._bucket(kind).pop(key, None)
             self._applied.pop((kind.group, kind.plural, *key), None)
+            in_ns = names.get(key[0])
+            if in_ns is not None:
+                in_ns.discard(key[1])
+                if not in_ns:
+                    del names[key[0]]
         else:
             self._bucket(kind)[key] = obj
+            names.setdefault(key[0], set()).add(key[1])
         stored = obj  # immutable from here on (see the module doc)
         self._history.append((self._rv, (kind.group, kind.plural), event_type, stored))
         for watcher in list(self._watchers):
@@ -400,7 +415,8 @@ class Store:
         for kind in self.kinds.all():
             if not kind.namespaced or kind.create_only:
                 continue
-            for (ns, obj_name) in [key for key in self._bucket(kind) if key[0] == name]:
+            in_ns = self._names.get((kind.group, kind.plural), {}).get(name, ())
+            for (ns, obj_name) in [(name, n) for n in sorted(in_ns)]:
                 self.delete(kind, ns, obj_name)
                 remaining = remaining or (ns, obj_name) in self._bucket(kind)
         ns_obj = self._bucket(self._ns_kind).get(("", name))  # type: ignore[arg-type]

@@ -122,17 +122,36 @@ class TokenCache:
     async def ensure(self, prefixes: Iterable[str], tenants: Iterable[str] = ()) -> None:
         """Make sure every given prefix (and its owner) and tenant is cached and fresh."""
         prefixes = set(prefixes)
-        now = time.monotonic()
-        cov = self._coverage()
-        want_p = {p for p in prefixes if now - self._loaded(p, cov) > self.max_age_s}
+        oldest, cutoff = self._cutoffs()
+        toks, unknown = self._tokens, self._unknown
+        want_p = set()
+        for p in prefixes:  # per batch on the hot path: one comparison per prefix
+            e = toks.get(p)
+            if e is None:
+                if unknown.get(p, float("-inf")) < oldest:
+                    want_p.add(p)
+            elif e.loaded < cutoff:
+                want_p.add(p)
         if want_p:
             await self._load_tokens(want_p)
-        owners = {e.value.tenant_id for p in prefixes if (e := self._tokens.get(p)) is not None}
-        cov = self._coverage()
-        want_t = {t for t in {*owners, *tenants}
-                  if (e := self._tenants.get(t)) is None or now - self._fresh_until(e, cov) > self.max_age_s}
+            oldest, cutoff = self._cutoffs()
+        want_t = set()
+        for t in {*(e.value.tenant_id for p in prefixes if (e := toks.get(p)) is not None), *tenants}:
+            e = self._tenants.get(t)
+            if e is None or e.loaded < (oldest if e.value is None else cutoff):
+                want_t.add(t)
         if want_t:
             await self._load_tenants(want_t)
+
+    def _cutoffs(self) -> tuple[float, float]:
+        """``(oldest, cutoff)``: an entry loaded before ``oldest`` is too old on its own; one the
+        listener can vouch for (a found row) is fresh iff loaded at or after ``cutoff``. The same rule
+        as ``now - _fresh_until(entry) <= max_age_s``, with the coverage read once."""
+        oldest = time.monotonic() - self.max_age_s
+        cov = self._coverage()
+        if cov is not None and cov[1] >= oldest:  # confirmed lately: anything loaded while listening
+            return oldest, min(oldest, cov[0])
+        return oldest, oldest
 
     async def refresh(self) -> None:
         """Reload the cached tokens and tenants not known to be current (revocations take effect),
@@ -157,12 +176,6 @@ class TokenCache:
             await self._load_tokens(set(tokens[i:i + REFRESH_ROWS]))
         for i in range(0, len(tenants), REFRESH_ROWS):
             await self._load_tenants(set(tenants[i:i + REFRESH_ROWS]))
-
-    def _loaded(self, prefix: str, coverage: tuple[float, float] | None) -> float:
-        e = self._tokens.get(prefix)
-        if e is not None:
-            return self._fresh_until(e, coverage)
-        return self._unknown.get(prefix, float("-inf"))
 
     async def _query(self, stmt: Any) -> tuple[float, list[Any], set[str]]:
         """Run a load: (clock read before it was sent, its rows, keys invalidated meanwhile)."""
