@@ -35,6 +35,7 @@ async def cancel(tx: UnitOfWork, tenant_id: uuid.UUID, kind: str, *, at: datetim
                m.Timer.cancelled_at.is_(None))
         .values(cancelled_at=at if at is not None else func.now())
         .returning(m.Timer.id)
+        .execution_options(synchronize_session=False)  # no Timer object is read after this in a session
     )
     return res.first() is not None
 

@@ -186,7 +186,8 @@ async def finish(tx: UnitOfWork, op_id: int, status: str, now: datetime) -> bool
     res = await tx.session.execute(
         update(m.ReleaseOperation)
         .where(m.ReleaseOperation.id == op_id, m.ReleaseOperation.status == "waiting")
-        .values(status=status, finished_at=now).returning(m.ReleaseOperation.id))
+        .values(status=status, finished_at=now).returning(m.ReleaseOperation.id)
+        .execution_options(synchronize_session=False))  # callers hold no ORM copy of the row in this session
     return res.first() is not None
 
 
