@@ -91,35 +91,52 @@ async def _tenant_with_token(uow):  # type: ignore[no-untyped-def]
 
 
 async def _confirmed_after(listener: PgListener, t: float) -> None:
-    """Tick (one ping) until a ping sent after ``t`` has come back."""
+    """Tick (one ping each) until a ping sent at or after ``t`` (listener clock) has come back."""
     async def probe() -> bool:
         await listener.tick()
-        return listener.fresh_as_of(t) > t
+        cov = listener.coverage()
+        return cov is not None and cov[1] >= t
 
     await eventually(probe, what="a ping confirmed", timeout=5)
 
 
-async def test_a_working_listener_vouches_for_the_cache_and_a_lost_one_does_not(uow, sessionmaker, database_url):
-    import time
+class _Clock:
+    """A monotonic clock the test moves: entries age without waiting."""
 
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_working_listener_vouches_for_the_cache_and_a_lost_one_does_not(uow, sessionmaker, database_url):
+    clock = _Clock()
     tid, prefix = await _tenant_with_token(uow)
-    cache = TokenCache(sessionmaker, max_age_s=3.0, refresh_s=0.05)
+    cache = TokenCache(sessionmaker, max_age_s=3.0, refresh_s=1.0, clock=clock)
     listener = PgListener(database_url, {"soctalk_token_changed": cache.invalidate_token,
-                                         "soctalk_tenant_changed": cache.invalidate_tenant})
+                                         "soctalk_tenant_changed": cache.invalidate_tenant}, clock=clock)
     cache.coverage = listener.coverage
     try:
         await listener.tick()  # connects and LISTENs
         assert listener.connected
-        before_listen = listener._since - 1  # type: ignore[operator]
-        assert listener.fresh_as_of(before_listen) == before_listen  # loaded before LISTEN: not covered
+        assert listener.fresh_as_of(clock.now - 1) == clock.now - 1  # loaded before LISTEN: not covered
+        clock.now += 1
         await cache.ensure([prefix], [str(tid)])
         loads = cache.loads
-        await asyncio.sleep(0.15)  # older than 2 × refresh_s: without the listener this would be re-read
-        await _confirmed_after(listener, time.monotonic())
+        clock.now += 10  # far older than 2 × refresh_s (and max_age_s): without the listener, re-read
+        await _confirmed_after(listener, clock.now)
         await cache.refresh()
         assert cache.loads == loads  # vouched for: nothing re-read
         await cache.ensure([prefix], [str(tid)])
         assert cache.loads == loads
+
+        # Pings that stopped coming back vouch for nothing once they are old.
+        clock.now += 2.5
+        await cache.refresh()
+        assert cache.loads == loads + 2  # tokens and tenants
+        loads = cache.loads
+        await _confirmed_after(listener, clock.now)
 
         # A change still arrives as an invalidation, and only that entry is read again.
         async with uow() as tx:
@@ -134,22 +151,23 @@ async def test_a_working_listener_vouches_for_the_cache_and_a_lost_one_does_not(
         assert listener._conn is not None
         listener._conn.terminate()
         await eventually(lambda: _not(listener.connected), what="the loss noticed", timeout=5)
-        await asyncio.sleep(0.15)
+        clock.now += 10
         loads = cache.loads
         await cache.refresh()
         assert cache.loads == loads + 2  # tokens and tenants
 
         # Reconnected and confirmed: entries loaded before the reconnect are still not covered (a
         # change in the gap was never notified) until they are read once more.
+        clock.now += 1
         await listener.tick()
         assert listener.connected and listener.connects == 2
-        await asyncio.sleep(0.15)
-        await _confirmed_after(listener, time.monotonic())
+        clock.now += 10
+        await _confirmed_after(listener, clock.now)
         loads = cache.loads
         await cache.refresh()
         assert cache.loads == loads + 2
-        await asyncio.sleep(0.15)
-        await _confirmed_after(listener, time.monotonic())
+        clock.now += 10
+        await _confirmed_after(listener, clock.now)
         loads = cache.loads
         await cache.refresh()
         assert cache.loads == loads  # read while listening, confirmed since: vouched for again
@@ -187,11 +205,11 @@ async def test_an_invalidation_during_a_load_leaves_that_row_stale(uow, sessionm
         await listener.tick()
 
         async def revoke_meanwhile() -> None:
+            n = cache.invalidations  # before the commit: the notification may arrive during its awaits
             async with uow() as tx:
                 await tx.session.execute(update(m.AdapterToken).where(m.AdapterToken.prefix == prefix)
                                          .values(revoked_at=datetime.now(UTC)))
                 await tx.commit()
-            n = cache.invalidations
             await eventually(lambda: _true(cache.invalidations > n), what="the notification", timeout=5)
 
         hook.append(revoke_meanwhile)

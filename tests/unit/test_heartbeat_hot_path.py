@@ -260,7 +260,6 @@ def test_ensure_loads_exactly_what_is_not_known_current(entries, unknown, covera
     """``ensure`` decides per batch with two cut-offs; the reference is ``now - fresh_as_of(coverage,
     loaded) > max_age_s`` per entry (and plain age for what has no row)."""
     import asyncio
-    from unittest import mock
 
     from soctalk_common.notify import fresh_as_of
     from soctalk_heartbeat import tokens as tk
@@ -270,7 +269,7 @@ def test_ensure_loads_exactly_what_is_not_known_current(entries, unknown, covera
     unknown = [now - ago for ago in unknown]
     coverage = None if coverage is None else (now - coverage[0], now - coverage[1])
 
-    cache = tk.TokenCache(None, max_age_s=3.0, coverage=lambda: coverage)  # type: ignore[arg-type]
+    cache = tk.TokenCache(None, max_age_s=3.0, coverage=lambda: coverage, clock=lambda: now)  # type: ignore[arg-type]
     want_p, want_t = set(), set()
     for i, (loaded, has_row, token) in enumerate(entries):
         key = f"k{i:02d}"
@@ -306,7 +305,6 @@ def test_ensure_loads_exactly_what_is_not_known_current(entries, unknown, covera
     cache._load_tenants = load_tenants  # type: ignore[method-assign]
     prefixes = [k for k in cache._tokens] + list(cache._unknown)
     tenants = [k for k in cache._tenants if k.startswith("k")]
-    with mock.patch.object(tk.time, "monotonic", return_value=now):
-        asyncio.run(cache.ensure(prefixes, tenants))
+    asyncio.run(cache.ensure(prefixes, tenants))
     assert asked.get("p", set()) == want_p
     assert asked.get("t", set()) == want_t

@@ -54,7 +54,8 @@ class _Entry:
 class TokenCache:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, max_age_s: float = 3.0,
                  idle_s: float = 600.0, max_unknown: int = 10_000, refresh_s: float = 1.0,
-                 coverage: Callable[[], tuple[float, float] | None] | None = None) -> None:
+                 coverage: Callable[[], tuple[float, float] | None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """``coverage()``: what the LISTEN connection vouches for right now (see the module doc and
         :func:`soctalk_common.notify.fresh_as_of`); entries are dated by ``time.monotonic()`` read
         before their query was sent. None: nothing is vouched for, every refresh re-reads everything."""
@@ -64,6 +65,7 @@ class TokenCache:
         self.max_unknown = max_unknown
         self.refresh_s = refresh_s
         self.coverage = coverage
+        self._clock = clock  # the listener's clock too (tests move both)
         self._tokens: dict[str, _Entry] = {}  # prefix → AdapterTokenRecord
         self._unknown: dict[str, float] = {}  # prefix with no row → when that was seen (insertion order)
         self._tenants: dict[str, _Entry] = {}  # tenant id → state (None: no row)
@@ -75,11 +77,12 @@ class TokenCache:
 
     # -- reads (memory only) ----------------------------------------------------------------------
     def record(self, prefix: str, now: float | None = None) -> AdapterTokenRecord | None:
-        """``now``: ``time.monotonic()``, when the caller already has it (one reading per batch)."""
+        """``now``: the cache's clock (``time.monotonic``), when the caller already has it (one reading
+        per batch)."""
         e = self._tokens.get(prefix)
         if e is None:
             return None
-        e.used = time.monotonic() if now is None else now
+        e.used = self._clock() if now is None else now
         return e.value
 
     def tenant(self, tenant_id: str, now: float | None = None) -> tuple[bool, str | None]:
@@ -87,7 +90,7 @@ class TokenCache:
         e = self._tenants.get(tenant_id)
         if e is None or e.value is None:
             return False, None
-        e.used = time.monotonic() if now is None else now
+        e.used = self._clock() if now is None else now
         return True, e.value
 
     def __len__(self) -> int:
@@ -147,7 +150,7 @@ class TokenCache:
         """``(oldest, cutoff)``: an entry loaded before ``oldest`` is too old on its own; one the
         listener can vouch for (a found row) is fresh iff loaded at or after ``cutoff``. The same rule
         as ``now - _fresh_until(entry) <= max_age_s``, with the coverage read once."""
-        oldest = time.monotonic() - self.max_age_s
+        oldest = self._clock() - self.max_age_s
         cov = self._coverage()
         if cov is not None and cov[1] >= oldest:  # confirmed lately: anything loaded while listening
             return oldest, min(oldest, cov[0])
@@ -157,7 +160,7 @@ class TokenCache:
         """Reload the cached tokens and tenants not known to be current (revocations take effect),
         forget what nobody used lately. Unknown prefixes are not refreshed: they are looked up again
         when next presented."""
-        now = time.monotonic()
+        now = self._clock()
         if now - self._evicted_at >= min(60.0, self.idle_s / 10):  # idle entries: no hurry
             self._evicted_at = now
             for table in (self._tokens, self._tenants):
@@ -179,7 +182,7 @@ class TokenCache:
 
     async def _query(self, stmt: Any) -> tuple[float, list[Any], set[str]]:
         """Run a load: (clock read before it was sent, its rows, keys invalidated meanwhile)."""
-        started = time.monotonic()
+        started = self._clock()
         self._in_flight += 1
         try:
             async with self.sessionmaker() as s:
@@ -203,7 +206,7 @@ class TokenCache:
                       ).where(t.prefix == any_(bindparam("p", sorted(prefixes), type_=ARRAY(String))))
         started, rows, raced = await self._query(stmt)
         found = {r[0]: r for r in rows}
-        now = time.monotonic()
+        now = self._clock()
         for p in prefixes:
             row = found.get(p)
             # Entries are dated by when their query was sent (what ``coverage`` reasons about); a row
@@ -229,7 +232,7 @@ class TokenCache:
         stmt = select(cast(m.Tenant.id, String), m.Tenant.state).where(m.Tenant.id == any_(ids))
         started, rows, raced = await self._query(stmt)
         found = {r[0]: r[1] for r in rows}
-        now = time.monotonic()
+        now = self._clock()
         for t in tenant_ids:
             old = self._tenants.get(t)
             state = found.get(t)
