@@ -2,22 +2,23 @@
 
 * ours: the real service process (``python -m soctalk_heartbeat``, default settings) over ``tenants``
   active tenants seeded with real adapter tokens. Warm-up: one heartbeat per tenant (token cache and
-  per-tenant views loaded, as in steady state). Then ``n`` heartbeats, round-robin over the tenants:
-  - heartbeats on core NATS (current layout: a stream would store the bearer tokens they carry): the
-    adapters publish the ``n`` heartbeats (made beforehand, as the baseline's are) as fast as they can,
-    never more than ``MAX_BACKLOG`` + ``CHUNK`` ahead of the service, while it consumes; the figure is
-    ``n`` / (first publish → the last heartbeat of every tenant verified and its ``last_seen``
-    committed);
-  - heartbeats in a JetStream stream (older layout): the service is paused (SIGSTOP) while the ``n``
-    are published, then resumed; ``n`` / (resume → the same end).
-  The last round carries ``adapter_version = bench-final``, so "done" is one exact query on
-  ``heartbeat_state``; it includes the last flush (``heartbeat_flush_s``, 1 s by default). The
+  per-tenant views loaded, as in steady state). Then, per round, ``n`` heartbeats round-robin
+  over the tenants on core NATS (a stream would store the bearer tokens they carry): the adapters
+  publish them (made beforehand, as the baseline's are) as fast as they can, never more than
+  ``MAX_BACKLOG`` + ``CHUNK`` ahead of the service, while it consumes; the figure is heartbeats /
+  (first publish → the last heartbeat of every tenant verified and its ``last_seen`` committed). The
+  round's last heartbeat of each tenant carries ``adapter_version = bench-final-<round>``, so "done" is
+  one exact query on ``heartbeat_state``; it includes the last flush (``heartbeat_flush_s``, 1 s). The
   service's CPU time per message is reported too (robust to other load on the machine).
 * raw: the same payload and Authorization header published with nats-py core ``publish`` on one
   connection and received by a callback subscriber on another, no JetStream, no checks:
   ``n`` / (first publish → last message received).
+* Rounds alternate raw, ours, raw, ours, … (``ROUNDS`` each) and ``heartbeat.ratio`` is the median of
+  the per-round ratios: the host's speed drifts by tens of percent within minutes on these machines,
+  and a single raw phase followed by a single ours phase measured that drift as often as the service.
+  ``heartbeat.round_ratios`` lists them all.
 
-``BENCH_PROFILE=1`` samples the service with py-spy during the timed phase (if installed) and writes
+``BENCH_PROFILE=1`` samples the service with py-spy during the timed phases (if installed) and writes
 the collapsed stacks to ``bench/results/profile-heartbeat.txt``.
 """
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -55,13 +56,13 @@ def heartbeat(t: Seeded, version: str = "bench-1.0.0") -> Msg:
     return hb.subject, hb.model_dump_json().encode(), {"Authorization": f"Bearer {t.token}"}
 
 
-def backlog(seeded: list[Seeded], n: int) -> Iterator[Msg]:
-    """``n`` heartbeats round-robin over the tenants; the last one of each tenant is ``bench-final``.
+def backlog(seeded: list[Seeded], n: int, final: str = "bench-final") -> Iterator[Msg]:
+    """``n`` heartbeats round-robin over the tenants; the last one of each tenant is tagged ``final``.
     Each tenant's header dict is shared by its messages (nothing mutates it; less bench memory)."""
     k = len(seeded)
     headers = [{"Authorization": f"Bearer {t.token}"} for t in seeded]
     for i in range(n):
-        subject, body, _ = heartbeat(seeded[i % k], "bench-final" if i >= n - k else "bench-1.0.0")
+        subject, body, _ = heartbeat(seeded[i % k], final if i >= n - k else "bench-1.0.0")
         yield subject, body, headers[i % k]
 
 
@@ -133,81 +134,81 @@ async def _until(conn: asyncpg.Connection, version: str, want: int, timeout: flo
         await asyncio.sleep(0.02)
 
 
-async def ours(nats_url: str, database_url: str, seeded: list[Seeded], n: int) -> dict[str, float]:
-    port = free_port()
-    env = dict(os.environ, NATS_URL=nats_url, DATABASE_URL=database_url, SOCTALK_TOKEN_HASH_KEY=KEY,
-               SOCTALK_LOG_LEVEL="WARNING", SOCTALK_HTTP_PORT=str(port), SOCTALK_HTTP_HOST="127.0.0.1")
-    proc = subprocess.Popen([sys.executable, "-m", "soctalk_heartbeat"], env=env)  # noqa: ASYNC220
-    ps = psutil.Process(proc.pid)
-    adapters = await Bus.connect(nats_url, name="bench-adapters")
-    await adapters.ensure_streams()
-    conn = await asyncpg.connect(dsn(database_url))
-    pg = await _postmaster(conn)
-    k = len(seeded)
-    try:
-        for attempt in range(30):  # on core NATS nothing waits for a subscriber that is still starting
-            await publish_all(adapters, (heartbeat(t, "bench-warm") for t in seeded))
-            try:
-                await _until(conn, "bench-warm", k, 6 if attempt < 29 else 60, proc)
-                break
-            except TimeoutError:
-                if attempt == 29:
-                    raise
-        await asyncio.sleep(1.5)  # its loops idle again (flush, cache refresh)
-        accepted0 = await _metric(port, "soctalk_heartbeat_accepted_total")
-        if stored():  # a backlog in the stream, consumed from the moment the service resumes
-            os.kill(proc.pid, signal.SIGSTOP)
-            try:
-                t_pub = time.perf_counter()
-                await publish_all(adapters, backlog(seeded, n))
-                publish_s = time.perf_counter() - t_pub
-            finally:
-                pg0 = _pg_cpu(pg)
-                cpu0 = sum(ps.cpu_times()[:2])
-                t0 = time.perf_counter()
-                os.kill(proc.pid, signal.SIGCONT)
-            with profiler(proc.pid, "heartbeat"):
-                await _until(conn, "bench-final", k, 600, proc)
-        else:  # core NATS: nothing is stored, so the service consumes while the adapters publish
-            # Made before the clock starts, as the baseline's are: building each heartbeat (a pydantic
-            # model and its JSON, ~15 µs) inside the timed loop put the bench's own CPU on the scale.
-            msgs = list(backlog(seeded, n))
-            pg0 = _pg_cpu(pg)
-            cpu0 = sum(ps.cpu_times()[:2])
-            t0 = time.perf_counter()
-            with profiler(proc.pid, "heartbeat"):
-                for sent in range(0, n, CHUNK):
-                    # Keep at most MAX_BACKLOG unread: the service drops what exceeds its pending bound
-                    # (and beyond the server's per-client buffer a slow consumer is cut off).
-                    while sent - (await _metric(port, "soctalk_heartbeat_accepted_total") - accepted0) > MAX_BACKLOG:
-                        await asyncio.sleep(0.05)
-                    await publish_all(adapters, msgs[sent:sent + CHUNK])
-                publish_s = time.perf_counter() - t0
-                del msgs
-                # Until every heartbeat is verified, watch the service's counter (cheap); only then poll
-                # Postgres for the last flush. Polling Postgres all along (a JSONB count over every tenant
-                # each 20 ms) took a good part of a core from the service and Postgres at 10,000 tenants.
-                while (await _metric(port, "soctalk_heartbeat_accepted_total") - accepted0 < n
-                       and not await _metric(port, "soctalk_heartbeat_dropped_total")
-                       and time.perf_counter() - t0 < 600 and proc.poll() is None):
+class Service:
+    """The heartbeat service process, started and warmed up once; ``timed_round`` measures one round."""
+
+    def __init__(self, nats_url: str, database_url: str, seeded: list[Seeded]) -> None:
+        self.nats_url, self.database_url, self.seeded = nats_url, database_url, seeded
+        self.port = free_port()
+
+    async def __aenter__(self) -> Service:
+        env = dict(os.environ, NATS_URL=self.nats_url, DATABASE_URL=self.database_url, SOCTALK_TOKEN_HASH_KEY=KEY,
+                   SOCTALK_LOG_LEVEL="WARNING", SOCTALK_HTTP_PORT=str(self.port), SOCTALK_HTTP_HOST="127.0.0.1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "soctalk_heartbeat"], env=env)  # noqa: ASYNC220
+        self.ps = psutil.Process(self.proc.pid)
+        self.adapters = await Bus.connect(self.nats_url, name="bench-adapters")
+        await self.adapters.ensure_streams()
+        self.conn = await asyncpg.connect(dsn(self.database_url))
+        self.pg = await _postmaster(self.conn)
+        k = len(self.seeded)
+        try:
+            for attempt in range(30):  # on core NATS nothing waits for a subscriber that is still starting
+                await publish_all(self.adapters, (heartbeat(t, "bench-warm") for t in self.seeded))
+                try:
+                    await _until(self.conn, "bench-warm", k, 6 if attempt < 29 else 60, self.proc)
+                    break
+                except TimeoutError:
+                    if attempt == 29:
+                        raise
+            await asyncio.sleep(1.5)  # its loops idle again (flush, cache refresh)
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.conn.close()
+        await self.adapters.close()
+        self.proc.terminate()
+        await asyncio.to_thread(self.proc.wait, 30)
+
+    async def metric(self, name: str) -> float:
+        return await _metric(self.port, name)
+
+    async def timed_round(self, n: int, final: str) -> dict[str, float]:
+        proc, k = self.proc, len(self.seeded)
+        accepted0 = await self.metric("soctalk_heartbeat_accepted_total")
+        # Made before the clock starts, as the baseline's are: building each heartbeat (a pydantic
+        # model and its JSON, ~15 µs) inside the timed loop put the bench's own CPU on the scale.
+        msgs = list(backlog(self.seeded, n, final))
+        pg0 = _pg_cpu(self.pg)
+        cpu0 = sum(self.ps.cpu_times()[:2])
+        t0 = time.perf_counter()
+        with profiler(proc.pid, "heartbeat"):
+            for sent in range(0, n, CHUNK):
+                # Keep at most MAX_BACKLOG unread: the service drops what exceeds its pending bound
+                # (and beyond the server's per-client buffer a slow consumer is cut off).
+                while sent - (await self.metric("soctalk_heartbeat_accepted_total") - accepted0) > MAX_BACKLOG:
                     await asyncio.sleep(0.05)
-                await _until(conn, "bench-final", k, 600, proc)
+                await publish_all(self.adapters, msgs[sent:sent + CHUNK])
+            publish_s = time.perf_counter() - t0
+            del msgs
+            # Until every heartbeat is verified, watch the service's counter (cheap); only then poll
+            # Postgres for the last flush. Polling Postgres all along (a JSONB count over every tenant
+            # each 20 ms) took a good part of a core from the service and Postgres at 10,000 tenants.
+            while (await self.metric("soctalk_heartbeat_accepted_total") - accepted0 < n
+                   and not await self.metric("soctalk_heartbeat_dropped_total")
+                   and time.perf_counter() - t0 < 600 and proc.poll() is None):
+                await asyncio.sleep(0.05)
+            await _until(self.conn, final, k, 600, proc)
         elapsed = time.perf_counter() - t0
-        cpu = sum(ps.cpu_times()[:2]) - cpu0
-        pg_cpu = _pg_delta(pg0, _pg_cpu(pg))
-        refused = await _metric(port, "soctalk_heartbeat_refused_total")
-        dropped = await _metric(port, "soctalk_heartbeat_dropped_total")
-        verified = await _metric(port, "soctalk_heartbeat_accepted_total") - accepted0
-    finally:
-        await conn.close()
-        await adapters.close()
-        proc.terminate()
-        await asyncio.to_thread(proc.wait, 30)
-    # Every heartbeat counts only if the service verified it (core NATS drops what a slow consumer
-    # cannot take, and so does the service beyond its pending bound; both would show here).
-    return {"per_s": verified / elapsed, "cpu_us": cpu / max(verified, 1) * 1e6, "refused": refused,
-            "pg_cpu_us": pg_cpu / max(verified, 1) * 1e6 if pg is not None else -1.0,
-            "publish_per_s": n / publish_s, "verified": verified, "dropped": dropped}
+        cpu = sum(self.ps.cpu_times()[:2]) - cpu0
+        pg_cpu = _pg_delta(pg0, _pg_cpu(self.pg))
+        verified = await self.metric("soctalk_heartbeat_accepted_total") - accepted0
+        # Every heartbeat counts only if the service verified it (core NATS drops what a slow consumer
+        # cannot take, and so does the service beyond its pending bound; both would show here).
+        return {"per_s": verified / elapsed, "cpu_s": cpu, "pg_cpu_s": pg_cpu if self.pg is not None else -1.0,
+                "publish_s": publish_s, "verified": verified, "n": n}
 
 
 async def _postmaster(conn: asyncpg.Connection) -> psutil.Process | None:
@@ -246,21 +247,36 @@ async def _metric(port: int, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
+ROUNDS = 3
+
+
 async def run() -> dict[str, float]:
     tenants = 10_000 if FULL else 2_000
     n = 300_000 if FULL else 100_000
+    per_round = n  # each round the whole figure: its one final flush weighs as it did in a single run
     async with servers() as (nats_url, database_url):
         seeded = await seed_tenants(database_url, tenants, KEY.encode())
-        msgs = list(backlog(seeded, min(n, 100_000)))
-        raw = await raw_pubsub(nats_url, msgs)
-        del msgs
-        o = await ours(nats_url, database_url, seeded, n)
-    assert o["refused"] == 0, f"{o['refused']} heartbeats refused"
-    return {"heartbeat.tenants": tenants, "heartbeat.messages": n,
-            "heartbeat.raw_per_s": round(raw), "heartbeat.ours_per_s": round(o["per_s"]),
-            "heartbeat.ratio": round(o["per_s"] / raw, 3),
-            "heartbeat.ours_cpu_us_per_msg": round(o["cpu_us"], 1),
-            "heartbeat.postgres_cpu_us_per_msg": round(o["pg_cpu_us"], 1),
-            "heartbeat.publish_per_s": round(o["publish_per_s"]), "heartbeat.verified": round(o["verified"]),
-            "heartbeat.dropped": round(o["dropped"]),
+        raw_msgs = list(backlog(seeded, min(per_round, 100_000)))
+        raws: list[float] = []
+        rounds: list[dict[str, float]] = []
+        async with Service(nats_url, database_url, seeded) as svc:
+            for r in range(ROUNDS):  # raw, ours, raw, ours, …: both meet the same host minutes
+                raws.append(await raw_pubsub(nats_url, raw_msgs))
+                rounds.append(await svc.timed_round(per_round, f"bench-final-{r}"))
+            refused = await svc.metric("soctalk_heartbeat_refused_total")
+            dropped = await svc.metric("soctalk_heartbeat_dropped_total")
+    assert refused == 0, f"{refused} heartbeats refused"
+    ratios = [o["per_s"] / raw for o, raw in zip(rounds, raws, strict=True)]
+    verified = sum(o["verified"] for o in rounds)
+    pg = [o["pg_cpu_s"] for o in rounds]
+    return {"heartbeat.tenants": tenants, "heartbeat.messages": per_round * ROUNDS,
+            "heartbeat.rounds": ROUNDS,
+            "heartbeat.raw_per_s": round(statistics.median(raws)),
+            "heartbeat.ours_per_s": round(statistics.median(o["per_s"] for o in rounds)),
+            "heartbeat.ratio": round(statistics.median(ratios), 3),
+            "heartbeat.round_ratios": [round(x, 3) for x in ratios],
+            "heartbeat.ours_cpu_us_per_msg": round(sum(o["cpu_s"] for o in rounds) / max(verified, 1) * 1e6, 1),
+            "heartbeat.postgres_cpu_us_per_msg": round(sum(pg) / max(verified, 1) * 1e6, 1) if min(pg) >= 0 else -1.0,
+            "heartbeat.publish_per_s": round(per_round * ROUNDS / sum(o["publish_s"] for o in rounds)),
+            "heartbeat.verified": round(verified), "heartbeat.dropped": round(dropped),
             "heartbeat.transport": "jetstream" if stored() else "core"}
