@@ -160,11 +160,22 @@ class Service:
                 except TimeoutError:
                     if attempt == 29:
                         raise
-            await asyncio.sleep(1.5)  # its loops idle again (flush, cache refresh)
+            await self._quiet()  # its loops idle again (flush, cache refresh) before anything is timed
         except BaseException:
             await self.__aexit__()
             raise
         return self
+
+    async def _quiet(self, window_s: float = 0.25, busy_s: float = 0.02, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Until the service used less than ``busy_s`` of CPU over a ``window_s`` window (deadline
+        ``timeout``): the warm-up's flush and cache loads are over."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline and self.proc.poll() is None:
+            before = sum(self.ps.cpu_times()[:2])
+            await asyncio.sleep(window_s)
+            if sum(self.ps.cpu_times()[:2]) - before < busy_s:
+                return
+        raise TimeoutError(f"the heartbeat service did not go quiet within {timeout:g}s after the warm-up")
 
     async def __aexit__(self, *exc: object) -> None:
         await self.conn.close()
