@@ -351,8 +351,7 @@ class Store:
             if live is None:
                 obj = self.create(kind, namespace, result, dry_run=dry_run, owned=True)
             else:
-                result["metadata"] = dict(result["metadata"])
-                result["metadata"].pop("resourceVersion", None)
+                result["metadata"].pop("resourceVersion", None)  # ``result`` is apply's own deep copy
                 obj = self.update(kind, namespace, name, result, subresource=subresource, dry_run=dry_run,
                                   owned=True)
             if not dry_run:

@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from soctalk_common.db import models as m
-from soctalk_common.notify import fresh_as_of
 from soctalk_secrets.domain import AdapterTokenRecord
 from sqlalchemy import String, any_, bindparam, cast, select
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
@@ -115,17 +114,12 @@ class TokenCache:
     def _coverage(self) -> tuple[float, float] | None:
         return self.coverage() if self.coverage is not None else None
 
-    @staticmethod
-    def _fresh_until(e: _Entry, coverage: tuple[float, float] | None) -> float:
-        if e.value is None:  # "no such row": creating one notifies nobody
-            return e.loaded
-        return fresh_as_of(coverage, e.loaded)
 
     # -- loading ----------------------------------------------------------------------------------
     async def ensure(self, prefixes: Iterable[str], tenants: Iterable[str] = ()) -> None:
         """Make sure every given prefix (and its owner) and tenant is cached and fresh."""
         prefixes = set(prefixes)
-        oldest, cutoff = self._cutoffs()
+        oldest, cutoff = self._cutoffs(self.max_age_s)
         toks, unknown = self._tokens, self._unknown
         want_p = set()
         for p in prefixes:  # per batch on the hot path: one comparison per prefix
@@ -137,20 +131,21 @@ class TokenCache:
                 want_p.add(p)
         if want_p:
             await self._load_tokens(want_p)
-            oldest, cutoff = self._cutoffs()
+            oldest, cutoff = self._cutoffs(self.max_age_s)
         want_t = set()
         for t in {*(e.value.tenant_id for p in prefixes if (e := toks.get(p)) is not None), *tenants}:
             e = self._tenants.get(t)
-            if e is None or e.loaded < (oldest if e.value is None else cutoff):
+            if e is None or e.loaded < (oldest if e.value is None else cutoff):  # no row: nobody notifies
                 want_t.add(t)
         if want_t:
             await self._load_tenants(want_t)
 
-    def _cutoffs(self) -> tuple[float, float]:
-        """``(oldest, cutoff)``: an entry loaded before ``oldest`` is too old on its own; one the
-        listener can vouch for (a found row) is fresh iff loaded at or after ``cutoff``. The same rule
-        as ``now - _fresh_until(entry) <= max_age_s``, with the coverage read once."""
-        oldest = self._clock() - self.max_age_s
+    def _cutoffs(self, age: float) -> tuple[float, float]:
+        """``(oldest, cutoff)`` for entries that must be known current within ``age`` seconds: one loaded
+        before ``oldest`` is too old on its own; one the listener can vouch for (a found row) is current
+        iff loaded at or after ``cutoff``. That is ``now - fresh_as_of(coverage, loaded) <= age``
+        (``soctalk_common.notify``) with the coverage read once, for a whole batch."""
+        oldest = self._clock() - age
         cov = self._coverage()
         if cov is not None and cov[1] >= oldest:  # confirmed lately: anything loaded while listening
             return oldest, min(oldest, cov[0])
@@ -166,13 +161,13 @@ class TokenCache:
             for table in (self._tokens, self._tenants):
                 for k in [k for k, e in table.items() if now - e.used > self.idle_s]:
                     del table[k]
-        cov = self._coverage()
-        if cov is None:
+        if self.coverage is None:
             tokens, tenants = list(self._tokens), list(self._tenants)
         else:  # what the listener cannot vouch for lately (all of it while its pings do not come back)
-            horizon = now - 2 * self.refresh_s
-            tokens = [k for k, e in self._tokens.items() if self._fresh_until(e, cov) < horizon]
-            tenants = [k for k, e in self._tenants.items() if self._fresh_until(e, cov) < horizon]
+            oldest, cutoff = self._cutoffs(2 * self.refresh_s)
+            tokens = [k for k, e in self._tokens.items() if e.loaded < cutoff]
+            tenants = [k for k, e in self._tenants.items()
+                       if e.loaded < (oldest if e.value is None else cutoff)]
         # In slices: with tens of thousands of cached tenants, one query per table would build (and
         # drop) that many rows every second; slices keep the transient memory of a refresh small.
         for i in range(0, len(tokens), REFRESH_ROWS):
